@@ -1,0 +1,351 @@
+//! Server-side apply of one manifest object, writing only on a difference. `Kube::locate`
+//! finds an object's API and namespace; `Kube::apply_owned` creates or converges it under
+//! `FIELD_MANAGER` with plan ownership; `Kube::apply_partial` converges a partial object under
+//! a manager of its own; `Kube::delete_owned` deletes only what a plan created.
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::Value;
+
+use super::{FIELD_MANAGER, Kube, PLAN_LABEL, STEP_ANNOTATION, api_error, gvk_of, is_not_found};
+use crate::error::{StepError, StepResult};
+
+/// What applying one object did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// What deleting one object did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Deleted; `uid` identifies it while it finalizes.
+    Deleted { uid: String },
+    /// Already gone, or its kind is no longer served.
+    Gone,
+    /// Not labelled with the plan: left alone.
+    NotOurs,
+}
+
+/// Who creates objects: the plan (its `PLAN_LABEL` value) and the step.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub plan: &'a str,
+    pub step: &'a str,
+}
+
+/// A manifest object bound to its API: the namespace defaulted for namespaced kinds and
+/// removed from cluster-scoped ones.
+pub struct Located {
+    pub object: Value,
+    pub gvk: GroupVersionKind,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub api: kube::Api<DynamicObject>,
+}
+
+impl Located {
+    /// `Kind namespace/name`, for messages.
+    pub fn display(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.gvk.kind, self.name),
+            None => format!("{} {}", self.gvk.kind, self.name),
+        }
+    }
+
+    /// The live object, or `None` when there is none.
+    pub async fn get(&self) -> StepResult<Option<Value>> {
+        match self.api.get_opt(&self.name).await {
+            Ok(found) => Ok(found.map(to_value)),
+            Err(e) => Err(api_error(format!("cannot read {}", self.display()), e)),
+        }
+    }
+
+    /// Waits (watch-based, no timeout of its own) until the object with `uid` is gone.
+    pub async fn deleted(&self, uid: &str) -> StepResult<()> {
+        await_condition(self.api.clone(), &self.name, conditions::is_deleted(uid))
+            .await
+            .map(|_| ())
+            .map_err(|e| StepError::transient(format!("lost the watch on {}", self.display())).with_source(e))
+    }
+}
+
+impl Kube {
+    /// Binds a manifest object to its API. A kind the server does not serve yet is retried
+    /// with backoff for up to `patience` (see `resolve`).
+    pub async fn locate(&self, object: &Value, default_namespace: &str, patience: Duration) -> StepResult<Located> {
+        let gvk = gvk_of(object);
+        let (ar, caps) = self.resolve(&gvk, patience).await?;
+        Ok(self.bind(object, gvk, &ar, &caps, default_namespace))
+    }
+
+    /// Like `locate`, but `None` when the server does not serve the kind (any more): for
+    /// teardown, where a kind whose CRD is gone means its objects are gone too.
+    pub async fn locate_if_served(&self, object: &Value, default_namespace: &str) -> StepResult<Option<Located>> {
+        let gvk = gvk_of(object);
+        Ok(self.try_resolve(&gvk).await?.map(|(ar, caps)| self.bind(object, gvk, &ar, &caps, default_namespace)))
+    }
+
+    fn bind(
+        &self,
+        object: &Value,
+        gvk: GroupVersionKind,
+        ar: &kube::discovery::ApiResource,
+        caps: &kube::discovery::ApiCapabilities,
+        default_namespace: &str,
+    ) -> Located {
+        let mut object = object.clone();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let namespace = match caps.scope {
+            Scope::Namespaced => {
+                let ns = object["metadata"]["namespace"]
+                    .as_str()
+                    .filter(|ns| !ns.is_empty())
+                    .unwrap_or(default_namespace)
+                    .to_string();
+                object["metadata"]["namespace"] = Value::String(ns.clone());
+                Some(ns)
+            }
+            Scope::Cluster => {
+                if let Some(meta) = object["metadata"].as_object_mut() {
+                    meta.remove("namespace");
+                }
+                None
+            }
+        };
+        let api = self.dynamic_api(ar, caps, namespace.as_deref());
+        Located { object, gvk, name, namespace, api }
+    }
+
+    /// Creates or converges a whole object under `FIELD_MANAGER`, forcing ownership of the
+    /// fields it sets. An object it creates gets the plan label and step annotation; an object
+    /// that existed without the label is applied without it, so the plan never claims (and
+    /// teardown never deletes) what it did not create.
+    pub async fn apply_owned(&self, target: &Located, owner: Owner<'_>) -> StepResult<ApplyOutcome> {
+        let live = target.get().await?;
+        let desired = with_ownership(&target.object, live.as_ref(), owner);
+        match live {
+            None => {
+                let pp = PatchParams::apply(FIELD_MANAGER).force();
+                target
+                    .api
+                    .patch(&target.name, &pp, &Patch::Apply(&desired))
+                    .await
+                    .map_err(|e| api_error(format!("cannot create {}", target.display()), e))?;
+                Ok(ApplyOutcome::Created)
+            }
+            Some(live) => converge(target, &desired, FIELD_MANAGER, true, &live).await,
+        }
+    }
+
+    /// Converges a partial object under `manager`, without forcing: a field another manager
+    /// owns with a different value is a conflict, not a silent takeover, which keeps
+    /// `retract_partial` exact. The object must exist: a patch never creates.
+    pub async fn apply_partial(&self, target: &Located, manager: &str) -> StepResult<ApplyOutcome> {
+        let Some(live) = target.get().await? else {
+            return Err(StepError::fatal(format!("cannot patch {}: it does not exist", target.display())));
+        };
+        converge(target, &target.object, manager, false, &live).await
+    }
+
+    /// Removes every field `manager` owns and no other manager shares, by applying an object
+    /// that sets nothing under that manager (server-side apply drops what a manager stops
+    /// applying). For a list merged by key, such as Service ports, this removes exactly the
+    /// manager's items. Returns whether anything was written.
+    pub async fn retract_partial(&self, target: &Located, manager: &str) -> StepResult<bool> {
+        let Some(live) = target.get().await? else {
+            return Ok(false);
+        };
+        if !manages(&live, manager) {
+            return Ok(false);
+        }
+        let mut skeleton = serde_json::json!({
+            "apiVersion": target.object["apiVersion"],
+            "kind": target.object["kind"],
+            "metadata": {"name": target.name},
+        });
+        if let Some(ns) = &target.namespace {
+            skeleton["metadata"]["namespace"] = Value::String(ns.clone());
+        }
+        target
+            .api
+            .patch(&target.name, &PatchParams::apply(manager), &Patch::Apply(&skeleton))
+            .await
+            .map_err(|e| api_error(format!("cannot revert the fields of `{manager}` on {}", target.display()), e))?;
+        Ok(true)
+    }
+
+    /// Deletes the object if it carries `PLAN_LABEL=plan`; a uid precondition makes sure the
+    /// object deleted is the one inspected.
+    pub async fn delete_owned(&self, target: &Located, plan: &str) -> StepResult<DeleteOutcome> {
+        let Some(live) = target.get().await? else {
+            return Ok(DeleteOutcome::Gone);
+        };
+        if live["metadata"]["labels"][PLAN_LABEL].as_str() != Some(plan) {
+            return Ok(DeleteOutcome::NotOurs);
+        }
+        let uid = live["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let dp = DeleteParams::background()
+            .preconditions(Preconditions { uid: Some(uid.clone()), resource_version: None });
+        match target.api.delete(&target.name, &dp).await {
+            Ok(_) => Ok(DeleteOutcome::Deleted { uid }),
+            Err(e) if is_not_found(&e) => Ok(DeleteOutcome::Gone),
+            Err(e) => Err(api_error(format!("cannot delete {}", target.display()), e)),
+        }
+    }
+}
+
+/// Applies `desired` only when it would change the object.
+///
+/// How "would change" is decided: a server-side dry run of the same apply returns the object
+/// as the apply would leave it, without persisting anything. Since nothing is written, the
+/// dry-run result keeps the live resourceVersion whether or not the content would change, so
+/// the comparison is on content: the result equals the live object, ignoring
+/// resourceVersion, status and managedFields timestamps, exactly when the apply is a no-op.
+/// Only this manager's managedFields entry is compared, so another controller updating its
+/// status between our GET and the dry run does not count as a change, while an apply that only
+/// takes over ownership of a field does. The API server's own defaulting, validation and list
+/// merging decide, which no client-side diff could reproduce. A converged object costs one GET
+/// and one dry-run PATCH and is never written, so second runs leave resourceVersions alone.
+async fn converge(target: &Located, desired: &Value, manager: &str, force: bool, live: &Value) -> StepResult<ApplyOutcome> {
+    let mut pp = PatchParams::apply(manager);
+    if force {
+        pp = pp.force();
+    }
+    let dry = target
+        .api
+        .patch(&target.name, &pp.clone().dry_run(), &Patch::Apply(desired))
+        .await
+        .map_err(|e| api_error(format!("cannot apply {} (dry run)", target.display()), e))?;
+    if comparable(live, manager) == comparable(&to_value(dry), manager) {
+        return Ok(ApplyOutcome::Unchanged);
+    }
+    target
+        .api
+        .patch(&target.name, &pp, &Patch::Apply(desired))
+        .await
+        .map_err(|e| api_error(format!("cannot apply {}", target.display()), e))?;
+    Ok(ApplyOutcome::Configured)
+}
+
+/// The parts of an object an apply by `manager` can change: everything but status, the
+/// resourceVersion and other managers' managedFields entries, and without timestamps.
+pub fn comparable(object: &Value, manager: &str) -> Value {
+    let mut o = object.clone();
+    if let Some(map) = o.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(meta) = o["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        let mine: Vec<Value> = meta
+            .get("managedFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e["manager"] == manager)
+            .map(|e| {
+                let mut e = e.clone();
+                if let Some(m) = e.as_object_mut() {
+                    m.remove("time");
+                }
+                e
+            })
+            .collect();
+        meta.insert("managedFields".into(), Value::Array(mine));
+    }
+    o
+}
+
+/// Whether `manager` has a server-side apply entry in the object's managedFields.
+pub fn manages(object: &Value, manager: &str) -> bool {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|entries| entries.iter().any(|e| e["manager"] == manager && e["operation"] == "Apply"))
+}
+
+/// The object to apply given what is live: a new object gets the plan label and the step
+/// annotation; an existing one keeps whatever plan label and step annotation it has (applying
+/// without them would drop them if this manager set them), and gets none otherwise.
+pub fn with_ownership(object: &Value, live: Option<&Value>, owner: Owner<'_>) -> Value {
+    let mut desired = object.clone();
+    let (label, annotation) = match live {
+        None => (Some(owner.plan.to_string()), Some(owner.step.to_string())),
+        Some(live) => (
+            live["metadata"]["labels"][PLAN_LABEL].as_str().map(str::to_string),
+            live["metadata"]["annotations"][STEP_ANNOTATION].as_str().map(str::to_string),
+        ),
+    };
+    if let Some(label) = label {
+        set_string(&mut desired, "labels", PLAN_LABEL, label);
+    }
+    if let Some(annotation) = annotation {
+        set_string(&mut desired, "annotations", STEP_ANNOTATION, annotation);
+    }
+    desired
+}
+
+fn set_string(object: &mut Value, map: &str, key: &str, value: String) {
+    if !object["metadata"][map].is_object() {
+        object["metadata"][map] = Value::Object(Default::default());
+    }
+    object["metadata"][map][key] = Value::String(value);
+}
+
+fn to_value(o: DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const OWNER: Owner<'static> = Owner { plan: "demo", step: "apply-crds" };
+
+    #[test]
+    fn new_objects_are_labelled() {
+        let o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let d = with_ownership(&o, None, OWNER);
+        assert_eq!(d["metadata"]["labels"][PLAN_LABEL], "demo");
+        assert_eq!(d["metadata"]["annotations"][STEP_ANNOTATION], "apply-crds");
+    }
+
+    #[test]
+    fn existing_unlabelled_objects_are_not_claimed() {
+        let o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b"}}});
+        let live = json!({"metadata": {"name": "c", "labels": {"a": "b"}}});
+        let d = with_ownership(&o, Some(&live), OWNER);
+        assert_eq!(d, o);
+    }
+
+    #[test]
+    fn existing_labelled_objects_keep_their_label() {
+        let o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let live = json!({"metadata": {"labels": {PLAN_LABEL: "other"}, "annotations": {STEP_ANNOTATION: "s"}}});
+        let d = with_ownership(&o, Some(&live), OWNER);
+        assert_eq!(d["metadata"]["labels"][PLAN_LABEL], "other");
+        assert_eq!(d["metadata"]["annotations"][STEP_ANNOTATION], "s");
+    }
+
+    #[test]
+    fn comparison_ignores_status_versions_and_other_managers() {
+        let a = json!({"metadata": {"name": "c", "resourceVersion": "1", "managedFields": [
+            {"manager": "bookinfo-up", "operation": "Apply", "time": "t1", "fieldsV1": {"f:data": {}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "time": "t1"}]},
+            "spec": {"x": 1}, "status": {"ready": 0}});
+        let b = json!({"metadata": {"name": "c", "resourceVersion": "2", "managedFields": [
+            {"manager": "bookinfo-up", "operation": "Apply", "time": "t2", "fieldsV1": {"f:data": {}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "time": "t2", "fieldsV1": {}}]},
+            "spec": {"x": 1}, "status": {"ready": 1}});
+        assert_eq!(comparable(&a, "bookinfo-up"), comparable(&b, "bookinfo-up"));
+        let mut c = b.clone();
+        c["metadata"]["managedFields"][0]["fieldsV1"] = json!({"f:data": {"f:k": {}}});
+        assert_ne!(comparable(&a, "bookinfo-up"), comparable(&c, "bookinfo-up"));
+    }
+}

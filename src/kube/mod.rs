@@ -1,0 +1,159 @@
+//! The Kubernetes layer: `Kube`, a kube-rs client for one cluster with a discovery cache, and
+//! the operations steps build on. Only this module talks to the API server.
+//!
+//! Submodules: `apply` (server-side apply with change detection and plan ownership),
+//! `readiness` (pure readiness rules for Deployments, Pods and CRDs), `events` (the latest
+//! core/v1 Events of an object) and `diagnostics` (what is written to the artifacts folder
+//! when a step fails).
+
+pub mod apply;
+pub mod diagnostics;
+pub mod events;
+pub mod readiness;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use tokio::sync::RwLock;
+
+use crate::error::{StepError, StepResult};
+
+/// Field manager of everything the engine applies, except patches with managers of their own.
+pub const FIELD_MANAGER: &str = "bookinfo-up";
+/// Label put on every object a plan created; its value is the plan name.
+pub const PLAN_LABEL: &str = "bookinfo-up.io/plan";
+/// Annotation naming the step that created an object.
+pub const STEP_ANNOTATION: &str = "bookinfo-up.io/step";
+
+/// A connection to one cluster.
+pub struct Kube {
+    pub client: kube::Client,
+    /// The kubeconfig the client was built from, passed on to helm.
+    pub kubeconfig: PathBuf,
+    pub context: Option<String>,
+    /// Discovery results by group/version/kind, filled on demand.
+    resources: RwLock<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+}
+
+impl Kube {
+    /// Builds a client from a kubeconfig file and optional context. Makes no API call.
+    pub async fn connect(kubeconfig: &Path, context: Option<&str>) -> StepResult<Self> {
+        let config = Kubeconfig::read_from(kubeconfig).map_err(|e| {
+            StepError::fatal(format!("cannot read kubeconfig `{}`", kubeconfig.display())).with_source(e)
+        })?;
+        let options = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+        let mut config = kube::Config::from_custom_kubeconfig(config, &options).await.map_err(|e| {
+            StepError::fatal(format!(
+                "kubeconfig `{}` has no usable context{}",
+                kubeconfig.display(),
+                context.map(|c| format!(" `{c}`")).unwrap_or_default()
+            ))
+            .with_source(e)
+        })?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(60));
+        let client = kube::Client::try_from(config)
+            .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
+        Ok(Self {
+            client,
+            kubeconfig: kubeconfig.to_path_buf(),
+            context: context.map(str::to_string),
+            resources: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The API resource serving `gvk`, from the cache or discovery. A kind the server does
+    /// not serve yet (a CRD just established) is retried with backoff for up to `patience`.
+    pub async fn resolve(&self, gvk: &GroupVersionKind, patience: Duration) -> StepResult<(ApiResource, ApiCapabilities)> {
+        if let Some(found) = self.resources.read().await.get(gvk) {
+            return Ok(found.clone());
+        }
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match kube::discovery::pinned_kind(&self.client, gvk).await {
+                Ok(found) => {
+                    self.resources.write().await.insert(gvk.clone(), found.clone());
+                    return Ok(found);
+                }
+                Err(e) => {
+                    let missing = matches!(&e, kube::Error::Api(s) if s.code == 404)
+                        || matches!(&e, kube::Error::Discovery(_));
+                    if start.elapsed() + delay > patience {
+                        let what = format!("{}/{} {}", gvk.group, gvk.version, gvk.kind);
+                        return Err(if missing {
+                            StepError::fatal(format!("the API server does not serve kind `{what}`"))
+                                .with_source(e)
+                        } else {
+                            StepError::from(e)
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Like `resolve` with a single discovery attempt, and `None` when the server does not
+    /// serve the kind.
+    pub async fn try_resolve(&self, gvk: &GroupVersionKind) -> StepResult<Option<(ApiResource, ApiCapabilities)>> {
+        if let Some(found) = self.resources.read().await.get(gvk) {
+            return Ok(Some(found.clone()));
+        }
+        match kube::discovery::pinned_kind(&self.client, gvk).await {
+            Ok(found) => {
+                self.resources.write().await.insert(gvk.clone(), found.clone());
+                Ok(Some(found))
+            }
+            Err(e) if is_not_found(&e) || matches!(&e, kube::Error::Discovery(_)) => Ok(None),
+            Err(e) => Err(api_error(format!("cannot discover kind `{}`", gvk.kind), e)),
+        }
+    }
+
+    /// Forgets cached discovery, after CRDs changed.
+    pub async fn forget(&self, gvk: &GroupVersionKind) {
+        self.resources.write().await.remove(gvk);
+    }
+
+    /// A dynamic API for `ar` in `namespace` (ignored for cluster-scoped resources).
+    pub fn dynamic_api(
+        &self,
+        ar: &ApiResource,
+        caps: &ApiCapabilities,
+        namespace: Option<&str>,
+    ) -> kube::Api<kube::api::DynamicObject> {
+        match (&caps.scope, namespace) {
+            (Scope::Namespaced, Some(ns)) => kube::Api::namespaced_with(self.client.clone(), ns, ar),
+            (Scope::Namespaced, None) => kube::Api::default_namespaced_with(self.client.clone(), ar),
+            (Scope::Cluster, _) => kube::Api::all_with(self.client.clone(), ar),
+        }
+    }
+}
+
+/// A step error for a failed API call, saying what was being done. Keeps whether another
+/// attempt may succeed (conflicts, throttling, server errors, connection problems).
+pub fn api_error(doing: impl std::fmt::Display, e: kube::Error) -> StepError {
+    let base = StepError::from(e);
+    StepError { message: format!("{doing}: {}", base.message), ..base }
+}
+
+/// Whether an API error is a 404: the object (or its kind) is not there.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The group/version/kind of a manifest object.
+pub fn gvk_of(object: &serde_json::Value) -> GroupVersionKind {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    GroupVersionKind::gvk(group, version, kind)
+}

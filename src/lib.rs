@@ -1,0 +1,16 @@
+//! bookinfo-up: bring an Istio + Bookinfo playground to a converged state from a TOML plan.
+//!
+//! Pipeline: `plan::load` (parse and analyze) → `run::Runner` (concurrent, cancellable
+//! execution of steps against a cluster from a `provider`) → `report` (reporters fed by
+//! runner events). See ARCHITECTURE.md.
+
+pub mod cli;
+pub mod diag;
+pub mod plan;
+pub mod process;
+pub mod provider;
+pub mod report;
+pub mod error;
+pub mod kube;
+pub mod run;
+pub mod steps;

@@ -1,0 +1,200 @@
+//! The `kwok` provider: `kwokctl` with its binary runtime. A real etcd, kube-apiserver,
+//! controller-manager and scheduler run as local processes; kwok fakes nodes and kubelets so
+//! pods become Ready without containers. No container engine is needed.
+//!
+//! kwokctl's work folder (`KWOK_WORKDIR`) and the kubeconfig live in the engine's state
+//! folder for the cluster, so nothing is written to `~/.kwok` or `~/.kube/config`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use tokio_util::sync::CancellationToken;
+
+use super::{Access, Problem, ProviderError};
+use crate::kube::{FIELD_MANAGER, Kube};
+use crate::process::{Tool, ToolError};
+
+/// Binaries kwokctl needs for the binary runtime, by the flag that names each.
+pub const BINARIES: &[(&str, &str)] = &[
+    ("kube-apiserver", "--kube-apiserver-binary"),
+    ("kube-controller-manager", "--kube-controller-manager-binary"),
+    ("kube-scheduler", "--kube-scheduler-binary"),
+    ("kwok", "--kwok-controller-binary"),
+    ("etcd", "--etcd-binary"),
+];
+
+/// What the plan asks of the kwok cluster.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub nodes: u32,
+    pub binaries: Option<&'a Path>,
+    pub apiserver_args: &'a [String],
+    pub kube_version: Option<&'a str>,
+}
+
+pub fn preflight(binaries: Option<&Path>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if crate::process::which("kwokctl").is_none() {
+        problems.push(Problem {
+            what: "`kwokctl` is not on PATH".into(),
+            fix: "install kwokctl (https://kwok.sigs.k8s.io/docs/user/installation/), or here `just testbed` then `eval \"$(just testbed-env)\"`".into(),
+        });
+    }
+    // kwokctl's binary runtime starts etcd and the control plane through kubectl-free
+    // processes but uses kubectl for some operations.
+    if crate::process::which("kubectl").is_none() {
+        problems.push(Problem {
+            what: "`kubectl` is not on PATH; kwokctl's binary runtime needs it".into(),
+            fix: "install kubectl, or `eval \"$(just testbed-env)\"`".into(),
+        });
+    }
+    if let Some(dir) = binaries {
+        for (bin, _) in BINARIES {
+            if !dir.join(bin).is_file() {
+                problems.push(Problem {
+                    what: format!("`{}` is missing", dir.join(bin).display()),
+                    fix: "run `just testbed`, or point `[cluster.kwok] binaries` at a folder holding kube-apiserver, kube-controller-manager, kube-scheduler, kwok and etcd".into(),
+                });
+            }
+        }
+    }
+    problems
+}
+
+fn kwokctl(dir: &Path) -> Tool {
+    Tool::new("kwokctl").env("KWOK_WORKDIR", dir.join("kwok"))
+}
+
+/// The `kwokctl create cluster` command line for a spec.
+pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
+    let mut t = kwokctl(dir)
+        .args(["create", "cluster", "--name", spec.name, "--runtime", "binary", "--wait", "120s"])
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"));
+    if let Some(b) = spec.binaries {
+        for (bin, flag) in BINARIES {
+            t = t.arg(*flag).arg(b.join(bin));
+        }
+    }
+    if let Some(v) = spec.kube_version {
+        t = t.args(["--kube-version", v]);
+    }
+    for a in spec.apiserver_args {
+        t = t.arg("--extra-args").arg(format!("kube-apiserver={a}"));
+    }
+    t
+}
+
+pub async fn exists(name: &str, dir: &Path, cancel: &CancellationToken) -> Result<bool, ProviderError> {
+    let out = kwokctl(dir).args(["get", "clusters"]).run(cancel).await.map_err(tool)?;
+    if !out.success {
+        return Err(ProviderError::Tool { message: format!("kwokctl get clusters failed:\n{}", out.tail(10)) });
+    }
+    Ok(out.stdout.lines().any(|l| l.trim() == name))
+}
+
+pub async fn ensure(
+    spec: &Spec<'_>,
+    dir: &Path,
+    progress: &dyn Fn(String),
+    cancel: &CancellationToken,
+) -> Result<Access, ProviderError> {
+    std::fs::create_dir_all(dir).map_err(|e| ProviderError::Tool {
+        message: format!("cannot create the state folder `{}`: {e}", dir.display()),
+    })?;
+    let kubeconfig = dir.join("kubeconfig");
+    if exists(spec.name, dir, cancel).await? {
+        progress(format!("kwok cluster `{}` exists", spec.name));
+        // Started again after a reboot or a kill: `start` is a no-op on a running cluster.
+        let out = kwokctl(dir).args(["start", "cluster", "--name", spec.name, "--wait", "120s"]).run(cancel).await.map_err(tool)?;
+        if !out.success {
+            return Err(ProviderError::Tool { message: format!("kwokctl start cluster {} failed:\n{}", spec.name, out.tail(15)) });
+        }
+    } else {
+        progress(format!("creating kwok cluster `{}`", spec.name));
+        let out = create_command(spec, dir).run(cancel).await.map_err(tool)?;
+        if !out.success {
+            return Err(ProviderError::Tool {
+                message: format!("kwokctl create cluster {} failed:\n{}", spec.name, out.tail(20)),
+            });
+        }
+    }
+    if !kubeconfig.is_file() {
+        let out = kwokctl(dir).args(["get", "kubeconfig", "--name", spec.name]).run(cancel).await.map_err(tool)?;
+        if !out.success {
+            return Err(ProviderError::Tool { message: format!("kwokctl get kubeconfig failed:\n{}", out.tail(10)) });
+        }
+        std::fs::write(&kubeconfig, out.stdout).map_err(|e| ProviderError::Tool {
+            message: format!("cannot write `{}`: {e}", kubeconfig.display()),
+        })?;
+    }
+    let kube = Kube::connect(&kubeconfig, None).await?;
+    ensure_nodes(&kube, spec.nodes).await?;
+    Ok(Access { kubeconfig, context: None, managed: true })
+}
+
+/// Fake nodes that kwok manages, without taints so every pod can be scheduled.
+async fn ensure_nodes(kube: &Kube, count: u32) -> Result<(), ProviderError> {
+    let api: kube::Api<Node> = kube::Api::all(kube.client.clone());
+    for i in 0..count {
+        let name = format!("kwok-node-{i}");
+        if api.get_opt(&name).await.map_err(crate::error::StepError::from)?.is_some() {
+            continue;
+        }
+        let node: Node = serde_json::from_value(node_manifest(&name)).expect("a valid Node");
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+            .await
+            .map_err(crate::error::StepError::from)?;
+    }
+    Ok(())
+}
+
+/// A node kwok takes over (by its annotation), with room for the whole playground.
+pub fn node_manifest(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/role": "agent",
+                "node-role.kubernetes.io/agent": "",
+                "type": "kwok",
+            },
+        },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+        },
+    })
+}
+
+pub async fn delete(name: &str, dir: &Path, progress: &dyn Fn(String), cancel: &CancellationToken) -> Result<bool, ProviderError> {
+    if !exists(name, dir, cancel).await? {
+        return Ok(false);
+    }
+    progress(format!("deleting kwok cluster `{name}`"));
+    let out = kwokctl(dir).args(["delete", "cluster", "--name", name]).run(cancel).await.map_err(tool)?;
+    if !out.success {
+        return Err(ProviderError::Tool { message: format!("kwokctl delete cluster {name} failed:\n{}", out.tail(15)) });
+    }
+    let _ = std::fs::remove_file(dir.join("kubeconfig"));
+    Ok(true)
+}
+
+fn tool(e: ToolError) -> ProviderError {
+    match e {
+        ToolError::Cancelled { .. } => ProviderError::Cancelled,
+        other => ProviderError::Tool { message: other.to_string() },
+    }
+}
+
+/// The kubeconfig path of a kwok cluster in a state folder.
+pub fn kubeconfig_path(dir: &Path) -> PathBuf {
+    dir.join("kubeconfig")
+}

@@ -1,0 +1,205 @@
+//! Cluster providers: `kind`, `kwok` and `existing`. A provider checks its preconditions
+//! (preflight), makes sure the cluster exists, and yields the kubeconfig the engine uses. The
+//! engine keeps its own kubeconfig per cluster in its state folder; it never writes the
+//! user's `~/.kube/config` unless asked (`--export-kubeconfig`).
+
+pub mod existing;
+pub mod kind;
+pub mod kwok;
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use tokio_util::sync::CancellationToken;
+
+use crate::kube::{FIELD_MANAGER, Kube};
+use crate::plan::{Plan, Provider};
+
+/// Name of the ConfigMap in kube-system that marks a cluster as made by a plan.
+pub const OWNER_MARKER: &str = "bookinfo-up-owner";
+
+/// How to reach the plan's cluster.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub kubeconfig: PathBuf,
+    pub context: Option<String>,
+    /// The engine created (and may delete) this cluster.
+    pub managed: bool,
+}
+
+/// A precondition that does not hold, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub what: String,
+    pub fix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Preflight found problems; nothing was created.
+    #[error("preflight failed: {}", .0.iter().map(|p| p.what.clone()).collect::<Vec<_>>().join("; "))]
+    Preflight(Vec<Problem>),
+    /// A provider tool failed.
+    #[error("{message}")]
+    Tool { message: String },
+    /// The cluster belongs to another plan.
+    #[error("cluster `{cluster}` was created by plan `{owner}`, not `{plan}`: refusing to touch it")]
+    NotOurs { cluster: String, owner: String, plan: String },
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Kube(#[from] crate::error::StepError),
+}
+
+/// Options from the command line that affect providers.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--kubeconfig`/`--context`: run against this cluster as `existing`, whatever the plan says.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Where the engine keeps kubeconfigs and provider work folders.
+    pub state_dir: PathBuf,
+}
+
+/// The engine's state folder: `$BOOKINFO_UP_STATE_DIR`, else `$XDG_STATE_HOME/bookinfo-up`,
+/// else `~/.local/state/bookinfo-up`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BOOKINFO_UP_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("bookinfo-up");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/bookinfo-up")
+}
+
+/// The provider the run actually uses, after command-line overrides.
+pub fn effective(plan: &Plan, o: &Overrides) -> Provider {
+    if o.kubeconfig.is_some() || o.context.is_some() {
+        let (kubeconfig, context) = match &plan.cluster.provider {
+            Provider::Existing { kubeconfig, context } => (kubeconfig.clone(), context.clone()),
+            _ => (None, None),
+        };
+        return Provider::Existing {
+            kubeconfig: o.kubeconfig.clone().or(kubeconfig),
+            context: o.context.clone().or(context),
+        };
+    }
+    plan.cluster.provider.clone()
+}
+
+/// The folder holding this cluster's kubeconfig and work files.
+pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
+    o.state_dir.join("clusters").join(&plan.cluster.name)
+}
+
+/// Checks preconditions before anything is created.
+pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Result<(), ProviderError> {
+    let problems = match effective(plan, o) {
+        Provider::Kind { port_mappings, min_memory_bytes, .. } => {
+            kind::preflight(&port_mappings, min_memory_bytes, &plan.cluster.name, cancel).await
+        }
+        Provider::Kwok { binaries, .. } => kwok::preflight(binaries.as_deref()),
+        Provider::Existing { kubeconfig, .. } => existing::preflight(kubeconfig.as_deref()),
+    };
+    let mut problems = problems;
+    if plan.steps.iter().any(|s| matches!(s.action, crate::plan::Action::Helm(_)))
+        && crate::process::which("helm").is_none()
+    {
+        problems.push(Problem {
+            what: "`helm` is not on PATH; the plan has helm steps".into(),
+            fix: "install Helm 3 (https://helm.sh/docs/intro/install/), or `eval \"$(just testbed-env)\"` here".into(),
+        });
+    }
+    if problems.is_empty() { Ok(()) } else { Err(ProviderError::Preflight(problems)) }
+}
+
+/// Makes sure the cluster exists and returns how to reach it.
+pub async fn ensure(
+    plan: &Plan,
+    o: &Overrides,
+    progress: &dyn Fn(String),
+    cancel: &CancellationToken,
+) -> Result<Access, ProviderError> {
+    let dir = cluster_dir(plan, o);
+    match effective(plan, o) {
+        Provider::Kind { node_image, port_mappings, .. } => {
+            kind::ensure(&plan.cluster.name, &node_image, &port_mappings, &dir, progress, cancel).await
+        }
+        Provider::Kwok { nodes, binaries, apiserver_args, kube_version } => {
+            let spec = kwok::Spec {
+                name: &plan.cluster.name,
+                nodes,
+                binaries: binaries.as_deref(),
+                apiserver_args: &apiserver_args,
+                kube_version: kube_version.as_deref(),
+            };
+            kwok::ensure(&spec, &dir, progress, cancel).await
+        }
+        Provider::Existing { kubeconfig, context } => existing::access(kubeconfig, context),
+    }
+}
+
+/// Whether the cluster exists now (for `down`), without creating anything.
+pub async fn exists(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Result<bool, ProviderError> {
+    match effective(plan, o) {
+        Provider::Kind { .. } => kind::exists(&plan.cluster.name, cancel).await,
+        Provider::Kwok { .. } => kwok::exists(&plan.cluster.name, &cluster_dir(plan, o), cancel).await,
+        Provider::Existing { .. } => Ok(true),
+    }
+}
+
+/// How to reach an existing cluster for `down`.
+pub fn access_for_down(plan: &Plan, o: &Overrides) -> Result<Access, ProviderError> {
+    match effective(plan, o) {
+        Provider::Existing { kubeconfig, context } => existing::access(kubeconfig, context),
+        _ => Ok(Access { kubeconfig: cluster_dir(plan, o).join("kubeconfig"), context: None, managed: true }),
+    }
+}
+
+/// Deletes a cluster the engine created.
+pub async fn delete(plan: &Plan, o: &Overrides, progress: &dyn Fn(String), cancel: &CancellationToken) -> Result<bool, ProviderError> {
+    let dir = cluster_dir(plan, o);
+    match effective(plan, o) {
+        Provider::Kind { .. } => kind::delete(&plan.cluster.name, &dir, progress, cancel).await,
+        Provider::Kwok { .. } => kwok::delete(&plan.cluster.name, &dir, progress, cancel).await,
+        Provider::Existing { .. } => Ok(false),
+    }
+}
+
+/// Records that `plan` made this cluster.
+pub async fn mark_owner(kube: &Kube, plan: &str) -> Result<(), ProviderError> {
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": OWNER_MARKER, "namespace": "kube-system" },
+        "data": { "plan": plan },
+    }))
+    .expect("a valid ConfigMap");
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
+    let existing = api.get_opt(OWNER_MARKER).await.map_err(crate::error::StepError::from)?;
+    if existing.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get("plan")).map(String::as_str) == Some(plan) {
+        return Ok(());
+    }
+    api.patch(OWNER_MARKER, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm))
+        .await
+        .map_err(crate::error::StepError::from)?;
+    Ok(())
+}
+
+/// The plan named by the cluster's owner marker, if any.
+pub async fn owner(kube: &Kube) -> Result<Option<String>, ProviderError> {
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
+    let cm = api.get_opt(OWNER_MARKER).await.map_err(crate::error::StepError::from)?;
+    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("plan").cloned()))
+}
+
+/// Copies the engine's kubeconfig into `~/.kube/config`'s place only when asked.
+pub fn export_kubeconfig(access: &Access, target: &Path) -> std::io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(&access.kubeconfig, target).map(|_| ())
+}

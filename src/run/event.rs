@@ -1,0 +1,111 @@
+//! Runner events: what reporters consume. The runner only ever sends these; it never prints.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// The step changed the cluster (or the world) to reach its desired state.
+    Changed { summary: String },
+    /// Everything was already as desired; nothing was written.
+    Unchanged { summary: String },
+    /// The step failed; `cause` is the full error chain, one cause per line.
+    Failed { cause: String },
+    /// The step did not run.
+    Skipped { reason: String },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Changed { .. } => "changed",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Skipped { .. } => "skipped",
+        }
+    }
+
+    pub fn detail(&self) -> &str {
+        match self {
+            Outcome::Changed { summary } | Outcome::Unchanged { summary } => summary,
+            Outcome::Failed { cause } => cause,
+            Outcome::Skipped { reason } => reason,
+        }
+    }
+}
+
+/// The result of one step, as reported at the end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub id: String,
+    pub kind: String,
+    pub check: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub attempts: u32,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// The whole run, for the final table, JSON and JUnit.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub plan: String,
+    pub command: String,
+    pub steps: Vec<StepReport>,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub cancelled: bool,
+    /// Where failure diagnostics were written, if any step failed.
+    pub artifacts: Option<String>,
+}
+
+impl RunReport {
+    pub fn count(&self, label: &str) -> usize {
+        self.steps.iter().filter(|s| s.outcome.label() == label).count()
+    }
+
+    pub fn success(&self) -> bool {
+        !self.cancelled && self.count("failed") == 0
+    }
+}
+
+/// Everything the runner tells reporters, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    RunStarted {
+        plan: String,
+        steps: usize,
+    },
+    /// A phase outside the steps: preflight, cluster creation, fetching manifests.
+    Phase {
+        name: String,
+        message: String,
+    },
+    StepStarted {
+        id: String,
+        kind: String,
+        attempt: u32,
+    },
+    /// What a running step is doing now ("waiting for 3/6 deployments").
+    StepProgress {
+        id: String,
+        message: String,
+    },
+    /// A failed attempt that will be retried after `delay`.
+    StepRetrying {
+        id: String,
+        attempt: u32,
+        cause: String,
+        delay: Duration,
+    },
+    StepFinished(StepReport),
+    RunFinished(RunReport),
+}

@@ -1,0 +1,320 @@
+//! `Runner`: executes a plan's steps as their needs allow, at most `jobs` at once, each
+//! inside its timeout with retries and doubling backoff. A failed step skips its dependents
+//! and lets independent branches finish (`fail_fast` stops everything). Cancellation stops
+//! running steps (their tools' process groups are killed) and skips the rest.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, Outcome, RunReport, StepCtx, StepReport};
+use crate::error::StepError;
+use crate::kube::Kube;
+use crate::plan::{Action, Plan, Step};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// Run only these steps (none: all).
+    pub only: BTreeSet<String>,
+    pub skip: BTreeSet<String>,
+    pub cache_dir: PathBuf,
+    pub artifacts: PathBuf,
+    /// Teardown: undo steps in reverse dependency order.
+    pub reverse: bool,
+}
+
+pub struct Runner {
+    plan: Arc<Plan>,
+    kube: Option<Arc<Kube>>,
+    opts: RunOptions,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Pending,
+    Running,
+    Done(Outcome),
+}
+
+impl Runner {
+    pub fn new(
+        plan: Arc<Plan>,
+        kube: Option<Arc<Kube>>,
+        opts: RunOptions,
+        events: UnboundedSender<Event>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { plan, kube, opts, events, cancel }
+    }
+
+    /// Runs the steps and returns their reports in plan order.
+    pub async fn run(&self) -> Vec<StepReport> {
+        let steps = &self.plan.steps;
+        let n = steps.len();
+        // For teardown the edges flip: a step is undone after everything that needed it.
+        let deps: Vec<Vec<usize>> = if self.opts.reverse {
+            let mut d = vec![Vec::new(); n];
+            for (i, s) in steps.iter().enumerate() {
+                for &need in &s.needs {
+                    d[need].push(i);
+                }
+            }
+            d
+        } else {
+            steps.iter().map(|s| s.needs.clone()).collect()
+        };
+        let mut state = vec![State::Pending; n];
+        let mut reports: HashMap<usize, StepReport> = HashMap::new();
+        let mut tasks: JoinSet<(usize, StepReport)> = JoinSet::new();
+        // Cancelled by Ctrl-C (through its parent) or, with --fail-fast, by a failure.
+        let stop = self.cancel.child_token();
+
+        // Steps left out by --only / --skip count as done for their dependents.
+        for (i, s) in steps.iter().enumerate() {
+            let excluded = (!self.opts.only.is_empty() && !self.opts.only.contains(&s.id)) || self.opts.skip.contains(&s.id);
+            if excluded {
+                let reason = if self.opts.skip.contains(&s.id) { "left out by --skip" } else { "not selected by --only" };
+                let outcome = Outcome::Skipped { reason: reason.into() };
+                let r = report(s, outcome.clone(), Duration::ZERO, 0);
+                let _ = self.events.send(Event::StepFinished(r.clone()));
+                reports.insert(i, r);
+                state[i] = State::Done(Outcome::Unchanged { summary: String::new() });
+            }
+        }
+
+        loop {
+            // Skip what can no longer run; start what can.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for i in 0..n {
+                    if !matches!(state[i], State::Pending) {
+                        continue;
+                    }
+                    let blocked = deps[i].iter().find(|&&d| {
+                        matches!(&state[d], State::Done(Outcome::Failed { .. } | Outcome::Skipped { .. }))
+                    });
+                    let stopping = self.cancel.is_cancelled() || stop.is_cancelled();
+                    if blocked.is_some() || stopping {
+                        let reason = match blocked {
+                            _ if self.cancel.is_cancelled() => "the run was cancelled".to_string(),
+                            _ if stop.is_cancelled() => "--fail-fast: a step failed".to_string(),
+                            Some(&d) => {
+                                let what = match &state[d] {
+                                    State::Done(Outcome::Failed { .. }) => "failed",
+                                    _ => "did not run",
+                                };
+                                let rel = if self.opts.reverse { "is needed by" } else { "needs" };
+                                format!("{rel} `{}`, which {what}", steps[d].id)
+                            }
+                            None => unreachable!("blocked or stopping"),
+                        };
+                        let outcome = Outcome::Skipped { reason };
+                        let r = report(&steps[i], outcome.clone(), Duration::ZERO, 0);
+                        let _ = self.events.send(Event::StepFinished(r.clone()));
+                        reports.insert(i, r);
+                        state[i] = State::Done(outcome);
+                        progressed = true;
+                        continue;
+                    }
+                    let ready = deps[i].iter().all(|&d| matches!(state[d], State::Done(_)));
+                    if ready && tasks.len() < self.opts.jobs.max(1) {
+                        state[i] = State::Running;
+                        let step = self.plan.steps[i].clone();
+                        let ctx = StepCtx::new(
+                            step.id.clone(),
+                            self.plan.name.clone(),
+                            self.kube.clone(),
+                            self.events.clone(),
+                            stop.child_token(),
+                            self.opts.cache_dir.clone(),
+                            self.opts.artifacts.clone(),
+                        );
+                        let reverse = self.opts.reverse;
+                        let cancel = self.cancel.clone();
+                        tasks.spawn(async move { (i, attempt_loop(step, ctx, reverse, cancel).await) });
+                        progressed = true;
+                    }
+                }
+            }
+            let Some(joined) = tasks.join_next().await else { break };
+            let (i, r) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    // A panicking step is a bug; report it as that step's failure.
+                    let i = state.iter().position(|s| matches!(s, State::Running)).unwrap_or(0);
+                    (i, report(&steps[i], Outcome::Failed { cause: format!("the step panicked: {e}") }, Duration::ZERO, 1))
+                }
+            };
+            if matches!(r.outcome, Outcome::Failed { .. }) && self.opts.fail_fast {
+                stop.cancel();
+            }
+            let _ = self.events.send(Event::StepFinished(r.clone()));
+            state[i] = State::Done(r.outcome.clone());
+            reports.insert(i, r);
+        }
+        let mut out: Vec<(usize, StepReport)> = reports.into_iter().collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> StepReport {
+    StepReport {
+        id: step.id.clone(),
+        kind: step.kind().to_string(),
+        check: step.is_check(),
+        outcome,
+        elapsed,
+        attempts,
+    }
+}
+
+/// Runs a step with its timeout and retries, and turns the result into a report.
+async fn attempt_loop(step: Step, ctx: StepCtx, reverse: bool, run_cancel: CancellationToken) -> StepReport {
+    let start = Instant::now();
+    let mut delay = step.backoff;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let _ = ctx.events().send(Event::StepStarted { id: step.id.clone(), kind: step.kind().into(), attempt });
+        let work = async {
+            if reverse { crate::steps::teardown(&step, &ctx).await } else { crate::steps::run(&step, &ctx).await }
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(step.timeout, work) => match r {
+                Ok(r) => r,
+                Err(_) => Err(timed_out(&step, &ctx).await),
+            },
+            _ = ctx.cancel.cancelled() => {
+                let reason = if run_cancel.is_cancelled() { "cancelled while running" } else { "stopped by --fail-fast" };
+                return report(&step, Outcome::Skipped { reason: reason.into() }, start.elapsed(), attempt);
+            }
+        };
+        match result {
+            Ok(outcome) => return report(&step, outcome, start.elapsed(), attempt),
+            Err(e) if attempt <= step.retries && !ctx.cancel.is_cancelled() => {
+                let _ = ctx.events().send(Event::StepRetrying {
+                    id: step.id.clone(),
+                    attempt,
+                    cause: e.chain(),
+                    delay,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.cancel.cancelled() => {
+                        return report(&step, Outcome::Skipped { reason: "cancelled while waiting to retry".into() }, start.elapsed(), attempt);
+                    }
+                }
+                delay *= 2;
+            }
+            Err(e) => {
+                if ctx.cancel.is_cancelled() {
+                    return report(&step, Outcome::Skipped { reason: "cancelled while running".into() }, start.elapsed(), attempt);
+                }
+                let mut cause = e.chain();
+                if let Some(dir) = collect_artifacts(&step, &ctx).await {
+                    cause.push_str(&format!("\ndiagnostics: {}", dir.display()));
+                }
+                return report(&step, Outcome::Failed { cause }, start.elapsed(), attempt);
+            }
+        }
+    }
+}
+
+/// The error of a step that ran out of time; waits explain what is not ready.
+async fn timed_out(step: &Step, ctx: &StepCtx) -> StepError {
+    let limit = humantime::format_duration(step.timeout);
+    let mut message = format!("step `{}` timed out after {limit}", step.id);
+    if let (Action::Wait(w), Ok(kube)) = (&step.action, ctx.kube()) {
+        let why = tokio::time::timeout(Duration::from_secs(10), crate::steps::wait::explain(w, kube)).await;
+        if let Ok(why) = why {
+            message.push_str(":\n");
+            message.push_str(&why);
+        }
+    }
+    StepError::fatal(message)
+}
+
+/// Namespaces a step touches, for failure diagnostics.
+fn namespaces_of(step: &Step) -> Vec<String> {
+    let mut ns = BTreeSet::new();
+    match &step.action {
+        Action::Helm(h) => {
+            ns.insert(h.namespace.clone());
+        }
+        Action::Apply(a) => {
+            ns.extend(a.namespace.clone());
+            for m in &a.objects {
+                if let Some(n) = m.object["metadata"]["namespace"].as_str() {
+                    ns.insert(n.to_string());
+                }
+            }
+        }
+        Action::Namespace(n) => {
+            ns.insert(n.name.clone());
+        }
+        Action::ConfigMerge(c) => {
+            ns.insert(c.namespace.clone());
+        }
+        Action::Wait(w) => {
+            ns.extend(w.rollout.iter().map(|(n, _)| n.clone()));
+            ns.extend(w.pods.as_ref().map(|p| p.namespace.clone()));
+        }
+        Action::Patch(p) => {
+            for m in &p.objects {
+                if let Some(n) = m.object["metadata"]["namespace"].as_str() {
+                    ns.insert(n.to_string());
+                }
+            }
+        }
+        Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => {}
+    }
+    ns.into_iter().collect()
+}
+
+/// Writes events, pod statuses and logs of the step's namespaces; returns the folder.
+async fn collect_artifacts(step: &Step, ctx: &StepCtx) -> Option<PathBuf> {
+    let kube = ctx.kube().ok()?;
+    let namespaces = namespaces_of(step);
+    if namespaces.is_empty() {
+        return None;
+    }
+    let dir = ctx.artifacts.join(&step.id);
+    let collect = crate::kube::diagnostics::collect(kube, &namespaces, &dir);
+    match tokio::time::timeout(Duration::from_secs(20), collect).await {
+        Ok(Ok(())) => Some(dir),
+        _ => None,
+    }
+}
+
+/// Builds the final report of a run.
+pub fn finish(plan: &Plan, command: &str, steps: Vec<StepReport>, started: Instant, cancelled: bool) -> RunReport {
+    let artifacts = steps
+        .iter()
+        .find_map(|s| match &s.outcome {
+            Outcome::Failed { cause } => cause.lines().find_map(|l| l.strip_prefix("diagnostics: ")).map(str::to_string),
+            _ => None,
+        })
+        .map(|p| {
+            std::path::Path::new(&p).parent().map(|d| d.display().to_string()).unwrap_or(p)
+        });
+    RunReport {
+        plan: plan.name.clone(),
+        command: command.to_string(),
+        steps,
+        elapsed: started.elapsed(),
+        cancelled,
+        artifacts,
+    }
+}

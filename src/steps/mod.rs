@@ -1,0 +1,185 @@
+//! Step kinds: one file each. Every step is a reconciler: observe, compare, act only on a
+//! difference, verify. `run` brings a step's state about; `teardown` undoes what it did.
+
+pub mod apply;
+pub mod exec;
+pub mod fetch;
+pub mod helm;
+pub mod http;
+pub mod namespace;
+pub mod patch;
+pub mod traffic;
+pub mod wait;
+
+use crate::error::StepResult;
+use crate::plan::{Action, ChartRef, Step};
+use crate::run::{Outcome, StepCtx};
+
+/// Runs one attempt of a step. Returns `Changed` or `Unchanged`; failures are errors.
+pub async fn run(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
+    match &step.action {
+        Action::Helm(h) => helm::run(h, ctx).await,
+        Action::Apply(a) => apply::run(a, ctx).await,
+        Action::Namespace(n) => namespace::run(n, ctx).await,
+        Action::Patch(p) => patch::run(p, ctx).await,
+        Action::ConfigMerge(c) => patch::run_config_merge(c, ctx).await,
+        Action::Wait(w) => wait::run(w, ctx).await,
+        Action::Http(h) => http::run(h, ctx).await,
+        Action::Traffic(t) => traffic::run(t, ctx).await,
+        Action::Exec(e) => exec::run(e, ctx).await,
+    }
+}
+
+/// Undoes a step on a cluster the engine did not create (`bookinfo-down` on `existing`).
+/// What is already gone counts as success. Checks and exec steps have nothing to undo.
+pub async fn teardown(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
+    match &step.action {
+        Action::Helm(h) => helm::teardown(h, ctx).await,
+        Action::Apply(a) => apply::teardown(a, ctx).await,
+        Action::Namespace(n) => namespace::teardown(n, ctx).await,
+        Action::Patch(p) => patch::teardown(p, ctx).await,
+        Action::ConfigMerge(c) => patch::teardown_config_merge(c, ctx).await,
+        Action::Wait(_) | Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => {
+            Ok(Outcome::Unchanged { summary: "nothing to undo".into() })
+        }
+    }
+}
+
+/// What a step would do, in a line or a few, for `--dry-run`.
+pub fn describe(step: &Step) -> Vec<String> {
+    match &step.action {
+        Action::Helm(h) => {
+            let chart = match &h.chart {
+                ChartRef::Repo { repo, name, version } => format!("{name} {version} from {repo}"),
+                ChartRef::Path { path } => format!("{} (local)", crate::diag::display_path(path)),
+            };
+            let mut flags = Vec::new();
+            if h.create_namespace {
+                flags.push("--create-namespace");
+            }
+            if h.wait {
+                flags.push("--wait");
+            }
+            vec![format!(
+                "helm upgrade --install {} {chart} -n {}{}{}",
+                h.release,
+                h.namespace,
+                if flags.is_empty() { "" } else { " " },
+                flags.join(" ")
+            )]
+            .into_iter()
+            .chain((h.values != serde_json::json!({})).then(|| format!("values {}", h.values)))
+            .collect()
+        }
+        Action::Apply(a) => {
+            let mut lines: Vec<String> = a
+                .objects
+                .iter()
+                .map(|m| format!("server-side apply {}", object_name(&m.object, a.namespace.as_deref())))
+                .collect();
+            lines.extend(a.urls.iter().map(|u| match &u.sha256 {
+                Some(s) => format!("server-side apply the objects of {} (sha256 {}…)", u.url, &s[..12]),
+                None => format!("server-side apply the objects of {} (unpinned)", u.url),
+            }));
+            lines
+        }
+        Action::Namespace(n) => {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![format!(
+                "ensure namespace {}{}",
+                n.name,
+                if labels.is_empty() { String::new() } else { format!(" labelled {}", labels.join(",")) }
+            )]
+        }
+        Action::Patch(p) => p
+            .objects
+            .iter()
+            .map(|m| format!("server-side apply partial {} as field manager {}", object_name(&m.object, None), p.field_manager))
+            .collect(),
+        Action::ConfigMerge(c) => vec![
+            format!("merge into key {} of configmap {}/{}", c.key, c.namespace, c.configmap),
+            format!(
+                "restart {} if the content changed",
+                c.restart.iter().map(|(ns, n)| format!("deployment {ns}/{n}")).collect::<Vec<_>>().join(", ")
+            ),
+        ],
+        Action::Wait(w) => {
+            let mut lines = Vec::new();
+            for (ns, name) in &w.rollout {
+                lines.push(if name == "*" {
+                    format!("wait for every deployment in {ns} to roll out")
+                } else {
+                    format!("wait for deployment {ns}/{name} to roll out")
+                });
+            }
+            if let Some(p) = &w.pods {
+                lines.push(format!(
+                    "wait for pods in {}{} to be ready{}{}",
+                    p.namespace,
+                    p.selector.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
+                    p.containers.map(|c| format!(" with {c} containers")).unwrap_or_default(),
+                    p.container.as_deref().map(|c| format!(", including {c}")).unwrap_or_default()
+                ));
+            }
+            for c in &w.crds {
+                lines.push(format!("wait for CRD {c} to be established"));
+            }
+            for m in &w.webhook_probe {
+                lines.push(format!("probe admission with a server-side dry-run of {}", object_name(&m.object, None)));
+            }
+            lines
+        }
+        Action::Http(h) => {
+            let mut line = format!("GET {} expecting {}", h.url, h.status);
+            if let Some(b) = &h.body_contains {
+                line.push_str(&format!(" and a body containing {b:?}"));
+            }
+            let mut lines = vec![line];
+            if !h.variants.is_empty() {
+                lines.push(format!(
+                    "see variants {} within {} requests",
+                    h.variants.keys().cloned().collect::<Vec<_>>().join(", "),
+                    h.max_requests
+                ));
+            }
+            lines
+        }
+        Action::Traffic(t) => vec![format!(
+            "send {} requests to {} over {}",
+            t.requests,
+            t.url,
+            humantime::format_duration(t.over)
+        )],
+        Action::Exec(e) => {
+            let mut lines = vec![format!("run {}", shell_words(&e.command))];
+            if !e.unless.is_empty() {
+                lines.push(format!("unless {} succeeds", shell_words(&e.unless)));
+            }
+            lines
+        }
+    }
+}
+
+/// `kind namespace/name` of a manifest object, for messages.
+pub fn object_name(object: &serde_json::Value, default_namespace: Option<&str>) -> String {
+    let kind = object["kind"].as_str().unwrap_or("?");
+    let name = object["metadata"]["name"].as_str().unwrap_or("?");
+    match object["metadata"]["namespace"].as_str().or(default_namespace) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

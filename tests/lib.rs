@@ -1,0 +1,3 @@
+//! Integration tests, one binary. Modules that need a cluster use `common::testbed()`.
+
+mod common;
