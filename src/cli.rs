@@ -159,7 +159,10 @@ pub fn down_main() -> i32 {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 /// Reads and analyzes the plan; prints every problem and returns `None` when there are any.
@@ -191,7 +194,10 @@ fn init_tracing(c: &Common, tty: bool) {
     };
     let filter = EnvFilter::try_from_env("BOOKINFO_UP_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,bookinfo_up={ours}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let _ = match c.log_format {
         Some(LogFormat::Json) => builder.json().try_init(),
         _ => builder.with_ansi(color_enabled()).try_init(),
@@ -201,7 +207,11 @@ fn init_tracing(c: &Common, tty: bool) {
 fn report_options(c: &Common) -> (ReportOptions, bool) {
     let tty = c.log_format.is_none() && std::io::stderr().is_terminal();
     let opts = ReportOptions {
-        kind: if tty { ReporterKind::Tty } else { ReporterKind::Plain },
+        kind: match (c.log_format, tty) {
+            (Some(LogFormat::Json), _) => ReporterKind::Json,
+            (_, true) => ReporterKind::Tty,
+            _ => ReporterKind::Plain,
+        },
         quiet: c.quiet,
         verbose: c.verbose,
         color: color_enabled(),
@@ -212,7 +222,11 @@ fn report_options(c: &Common) -> (ReportOptions, bool) {
 }
 
 fn overrides(c: &Common) -> Overrides {
-    Overrides { kubeconfig: c.kubeconfig.clone(), context: c.context.clone(), state_dir: provider::default_state_dir() }
+    Overrides {
+        kubeconfig: c.kubeconfig.clone(),
+        context: c.context.clone(),
+        state_dir: provider::default_state_dir(),
+    }
 }
 
 /// Checks `--only`/`--skip` ids against the plan.
@@ -234,7 +248,8 @@ fn check_ids(plan: &Plan, only: &[String], skip: &[String]) -> Result<(), String
 /// Ctrl-C or SIGTERM cancels the run; a second signal exits at once.
 fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut signalled = false;
         loop {
             let term_recv = async {
@@ -270,7 +285,11 @@ fn phase_failure(id: &str, message: String) -> StepReport {
 fn preflight_message(e: &ProviderError) -> String {
     match e {
         ProviderError::Preflight(problems) => {
-            let mut s = format!("preflight found {} problem{}; nothing was created", problems.len(), if problems.len() == 1 { "" } else { "s" });
+            let mut s = format!(
+                "preflight found {} problem{}; nothing was created",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
             for p in problems {
                 s.push_str(&format!("\n  - {}\n    fix: {}", p.what, p.fix));
             }
@@ -282,7 +301,9 @@ fn preflight_message(e: &ProviderError) -> String {
 
 async fn up(args: UpArgs) -> i32 {
     let c = &args.common;
-    let Some(mut plan) = load_plan(&c.plan) else { return EXIT_USAGE };
+    let Some(mut plan) = load_plan(&c.plan) else {
+        return EXIT_USAGE;
+    };
     if let Err(e) = check_ids(&plan, &args.only, &args.skip) {
         eprintln!("{e}");
         return EXIT_USAGE;
@@ -299,33 +320,63 @@ async fn up(args: UpArgs) -> i32 {
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report::consume(rx, opts));
     let started = Instant::now();
-    let _ = tx.send(Event::RunStarted { plan: plan.name.clone(), steps: plan.steps.len() });
+    let _ = tx.send(Event::RunStarted {
+        plan: plan.name.clone(),
+        steps: plan.steps.len(),
+    });
     let phase = |name: &str, message: String| {
-        let _ = tx.send(Event::Phase { name: name.into(), message });
+        let _ = tx.send(Event::Phase {
+            name: name.into(),
+            message,
+        });
     };
 
     let result = async {
-        phase("preflight", "checking tools and the cluster's preconditions".into());
-        provider::preflight(&plan, &o, &cancel).await.map_err(|e| phase_failure("preflight", preflight_message(&e)))?;
+        phase(
+            "preflight",
+            "checking tools and the cluster's preconditions".into(),
+        );
+        provider::preflight(&plan, &o, &cancel)
+            .await
+            .map_err(|e| phase_failure("preflight", preflight_message(&e)))?;
         let progress = |m: String| phase("cluster", m);
-        let access = provider::ensure(&plan, &o, &progress, &cancel).await.map_err(|e| phase_failure("cluster", e.to_string()))?;
-        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref()).await.map_err(|e| phase_failure("cluster", e.chain()))?;
+        let access = provider::ensure(&plan, &o, &progress, &cancel)
+            .await
+            .map_err(|e| phase_failure("cluster", e.to_string()))?;
+        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
+            .await
+            .map_err(|e| phase_failure("cluster", e.chain()))?;
         if access.managed {
             match provider::owner(&kube).await {
                 Ok(Some(owner)) if owner != plan.name => {
-                    let e = ProviderError::NotOurs { cluster: plan.cluster.name.clone(), owner, plan: plan.name.clone() };
+                    let e = ProviderError::NotOurs {
+                        cluster: plan.cluster.name.clone(),
+                        owner,
+                        plan: plan.name.clone(),
+                    };
                     return Err(phase_failure("cluster", e.to_string()));
                 }
-                Ok(_) => provider::mark_owner(&kube, &plan.name).await.map_err(|e| phase_failure("cluster", e.to_string()))?,
+                Ok(_) => provider::mark_owner(&kube, &plan.name)
+                    .await
+                    .map_err(|e| phase_failure("cluster", e.to_string()))?,
                 Err(e) => return Err(phase_failure("cluster", e.to_string())),
             }
         }
         if let Some(target) = &args.export_kubeconfig {
-            provider::export_kubeconfig(&access, target)
-                .map_err(|e| phase_failure("cluster", format!("cannot write `{}`: {e}", target.display())))?;
-            phase("cluster", format!("kubeconfig copied to {}", target.display()));
+            provider::export_kubeconfig(&access, target).map_err(|e| {
+                phase_failure(
+                    "cluster",
+                    format!("cannot write `{}`: {e}", target.display()),
+                )
+            })?;
+            phase(
+                "cluster",
+                format!("kubeconfig copied to {}", target.display()),
+            );
         }
-        fetch_remote(&mut plan, &o, &|m| phase("fetch", m)).await.map_err(|e| phase_failure("fetch", e))?;
+        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
+            .await
+            .map_err(|e| phase_failure("fetch", e))?;
         Ok(Arc::new(kube))
     }
     .await;
@@ -333,22 +384,42 @@ async fn up(args: UpArgs) -> i32 {
     let (steps, cancelled) = match result {
         Ok(kube) => {
             let plan = Arc::new(plan.clone());
-            let runner = Runner::new(plan, Some(kube), run_options(c, &o, &args.only, &args.skip, false), tx.clone(), cancel.clone());
+            let runner = Runner::new(
+                plan,
+                Some(kube),
+                run_options(c, &o, &args.only, &args.skip, false),
+                tx.clone(),
+                cancel.clone(),
+            );
             (runner.run().await, cancel.is_cancelled())
         }
-        Err(failure) => (vec![failure], cancel.is_cancelled()),
+        Err(failure) => {
+            let _ = tx.send(Event::StepFinished(failure.clone()));
+            (vec![failure], cancel.is_cancelled())
+        }
     };
     finish_run(&plan, "up", steps, started, cancelled, tx, reporter).await
 }
 
-fn run_options(c: &Common, o: &Overrides, only: &[String], skip: &[String], reverse: bool) -> RunOptions {
+fn run_options(
+    c: &Common,
+    o: &Overrides,
+    only: &[String],
+    skip: &[String],
+    reverse: bool,
+) -> RunOptions {
     RunOptions {
         jobs: c.jobs as usize,
         fail_fast: c.fail_fast,
         only: only.iter().cloned().collect::<BTreeSet<_>>(),
         skip: skip.iter().cloned().collect::<BTreeSet<_>>(),
-        cache_dir: std::env::var_os("BOOKINFO_UP_CACHE_DIR").map(PathBuf::from).unwrap_or_else(default_cache_dir),
-        artifacts: c.artifacts.clone().unwrap_or_else(|| o.state_dir.join("artifacts")),
+        cache_dir: std::env::var_os("BOOKINFO_UP_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(default_cache_dir),
+        artifacts: c
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| o.state_dir.join("artifacts")),
         reverse,
     }
 }
@@ -362,21 +433,31 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// Fetches and verifies every remote manifest before any step runs.
-async fn fetch_remote(plan: &mut Plan, _o: &Overrides, progress: &dyn Fn(String)) -> Result<(), String> {
-    let cache = std::env::var_os("BOOKINFO_UP_CACHE_DIR").map(PathBuf::from).unwrap_or_else(default_cache_dir);
+async fn fetch_remote(
+    plan: &mut Plan,
+    _o: &Overrides,
+    progress: &dyn Fn(String),
+) -> Result<(), String> {
+    let cache = std::env::var_os("BOOKINFO_UP_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_cache_dir);
     for step in &mut plan.steps {
         if let Action::Apply(a) = &mut step.action {
             let urls = std::mem::take(&mut a.urls);
             for u in &urls {
                 progress(format!("fetching {}", u.url));
-                let text = crate::steps::fetch::fetch(u, &cache).await.map_err(|e| format!("step `{}`: {e}", step.id))?;
+                let text = crate::steps::fetch::fetch(u, &cache)
+                    .await
+                    .map_err(|e| format!("step `{}`: {e}", step.id))?;
                 let vars = a.template.then_some(&a.vars);
-                let objects = crate::steps::fetch::objects(u, &text, vars).map_err(|e| format!("step `{}`: {e}", step.id))?;
+                let objects = crate::steps::fetch::objects(u, &text, vars)
+                    .map_err(|e| format!("step `{}`: {e}", step.id))?;
                 a.objects.extend(objects);
             }
             a.urls = urls;
         }
     }
+    crate::steps::fold_config_merges(plan)?;
     Ok(())
 }
 
@@ -405,18 +486,39 @@ async fn finish_run(
 
 async fn down(args: DownArgs) -> i32 {
     let c = &args.common;
-    let Some(plan) = load_plan(&c.plan) else { return EXIT_USAGE };
+    let Some(plan) = load_plan(&c.plan) else {
+        return EXIT_USAGE;
+    };
     let o = overrides(c);
-    let managed = !matches!(provider::effective(&plan, &o), crate::plan::Provider::Existing { .. });
+    let managed = !matches!(
+        provider::effective(&plan, &o),
+        crate::plan::Provider::Existing { .. }
+    );
     let delete_cluster = managed && plan.teardown.delete_cluster && !args.keep_cluster;
     if c.dry_run {
         if delete_cluster {
-            println!("would delete {} cluster `{}` (if this plan created it)", plan.cluster.provider_name(), plan.cluster.name);
+            println!(
+                "would delete {} cluster `{}` (if this plan created it)",
+                plan.cluster.provider_name(),
+                plan.cluster.name
+            );
         } else {
             println!("would undo, in reverse order:");
-            let order: Vec<&crate::plan::Step> = plan.waves.iter().rev().flat_map(|w| w.iter().rev().map(|&i| &plan.steps[i])).collect();
+            let order: Vec<&crate::plan::Step> = plan
+                .waves
+                .iter()
+                .rev()
+                .flat_map(|w| w.iter().rev().map(|&i| &plan.steps[i]))
+                .collect();
             for s in order {
-                if matches!(s.action, Action::Helm(_) | Action::Apply(_) | Action::Namespace(_) | Action::Patch(_) | Action::ConfigMerge(_)) {
+                if matches!(
+                    s.action,
+                    Action::Helm(_)
+                        | Action::Apply(_)
+                        | Action::Namespace(_)
+                        | Action::Patch(_)
+                        | Action::ConfigMerge(_)
+                ) {
                     println!("  {} ({})", s.id, s.kind());
                 }
             }
@@ -430,59 +532,112 @@ async fn down(args: DownArgs) -> i32 {
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report::consume(rx, opts));
     let started = Instant::now();
-    let _ = tx.send(Event::RunStarted { plan: plan.name.clone(), steps: plan.steps.len() });
+    let _ = tx.send(Event::RunStarted {
+        plan: plan.name.clone(),
+        steps: plan.steps.len(),
+    });
     let phase = |name: &str, message: String| {
-        let _ = tx.send(Event::Phase { name: name.into(), message });
+        let _ = tx.send(Event::Phase {
+            name: name.into(),
+            message,
+        });
     };
 
     let steps: Vec<StepReport> = async {
         if managed {
-            let exists = provider::exists(&plan, &o, &cancel).await.map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+            let exists = provider::exists(&plan, &o, &cancel)
+                .await
+                .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
             if !exists {
-                phase("cluster", format!("cluster `{}` does not exist: nothing to do", plan.cluster.name));
+                phase(
+                    "cluster",
+                    format!(
+                        "cluster `{}` does not exist: nothing to do",
+                        plan.cluster.name
+                    ),
+                );
                 return Ok(vec![StepReport {
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,
-                    outcome: Outcome::Unchanged { summary: format!("cluster `{}` is already gone", plan.cluster.name) },
+                    outcome: Outcome::Unchanged {
+                        summary: format!("cluster `{}` is already gone", plan.cluster.name),
+                    },
                     elapsed: Duration::ZERO,
                     attempts: 1,
                 }]);
             }
-            let access = provider::access_for_down(&plan, &o).map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-            if let Ok(kube) = Kube::connect(&access.kubeconfig, access.context.as_deref()).await {
-                if let Ok(Some(owner)) = provider::owner(&kube).await {
-                    if owner != plan.name {
-                        let e = ProviderError::NotOurs { cluster: plan.cluster.name.clone(), owner, plan: plan.name.clone() };
-                        return Err(vec![phase_failure("cluster", e.to_string())]);
-                    }
-                }
+            let access = provider::access_for_down(&plan, &o)
+                .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+            if let Ok(kube) = Kube::connect(&access.kubeconfig, access.context.as_deref()).await
+                && let Ok(Some(owner)) = provider::owner(&kube).await
+                && owner != plan.name
+            {
+                let e = ProviderError::NotOurs {
+                    cluster: plan.cluster.name.clone(),
+                    owner,
+                    plan: plan.name.clone(),
+                };
+                return Err(vec![phase_failure("cluster", e.to_string())]);
             }
             if delete_cluster {
                 let progress = |m: String| phase("cluster", m);
                 let t = Instant::now();
-                let deleted = provider::delete(&plan, &o, &progress, &cancel).await.map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+                let deleted = provider::delete(&plan, &o, &progress, &cancel)
+                    .await
+                    .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
                 return Ok(vec![StepReport {
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,
                     outcome: if deleted {
-                        Outcome::Changed { summary: format!("deleted {} cluster `{}`", plan.cluster.provider_name(), plan.cluster.name) }
+                        Outcome::Changed {
+                            summary: format!(
+                                "deleted {} cluster `{}`",
+                                plan.cluster.provider_name(),
+                                plan.cluster.name
+                            ),
+                        }
                     } else {
-                        Outcome::Unchanged { summary: format!("cluster `{}` is already gone", plan.cluster.name) }
+                        Outcome::Unchanged {
+                            summary: format!("cluster `{}` is already gone", plan.cluster.name),
+                        }
                     },
                     elapsed: t.elapsed(),
                     attempts: 1,
                 }]);
             }
         }
-        let access = provider::access_for_down(&plan, &o).map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref()).await.map_err(|e| vec![phase_failure("cluster", e.chain())])?;
+        let access = provider::access_for_down(&plan, &o)
+            .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
+            .await
+            .map_err(|e| vec![phase_failure("cluster", e.chain())])?;
         let plan = Arc::new(plan.clone());
-        let runner = Runner::new(plan, Some(Arc::new(kube)), run_options(c, &o, &[], &[], true), tx.clone(), cancel.clone());
+        let runner = Runner::new(
+            plan,
+            Some(Arc::new(kube)),
+            run_options(c, &o, &[], &[], true),
+            tx.clone(),
+            cancel.clone(),
+        );
         Ok(runner.run().await)
     }
     .await
-    .unwrap_or_else(|failure| failure);
-    finish_run(&plan, "down", steps, started, cancel.is_cancelled(), tx, reporter).await
+    .unwrap_or_else(|failure| {
+        for f in &failure {
+            let _ = tx.send(Event::StepFinished(f.clone()));
+        }
+        failure
+    });
+    finish_run(
+        &plan,
+        "down",
+        steps,
+        started,
+        cancel.is_cancelled(),
+        tx,
+        reporter,
+    )
+    .await
 }

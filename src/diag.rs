@@ -104,12 +104,7 @@ impl Diagnostic {
                 .map(|s| s.chars().count())
                 .unwrap_or(0)
                 .clamp(1, (line_chars + 1).saturating_sub(col - 1).max(1));
-            let _ = writeln!(
-                out,
-                "{pad} | {}{}",
-                " ".repeat(col - 1),
-                "^".repeat(width)
-            );
+            let _ = writeln!(out, "{pad} | {}{}", " ".repeat(col - 1), "^".repeat(width));
         }
         if let Some(help) = &self.help {
             let pad = self
@@ -148,7 +143,11 @@ pub fn offset_of(text: &str, line: usize, col: usize) -> usize {
     let mut offset = 0;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            let within: usize = l.chars().take(col.saturating_sub(1)).map(char::len_utf8).sum();
+            let within: usize = l
+                .chars()
+                .take(col.saturating_sub(1))
+                .map(char::len_utf8)
+                .sum();
             return offset + within;
         }
         offset += l.len();
@@ -180,7 +179,10 @@ impl Diagnostics {
 }
 
 /// The closest candidate to `name`, if one is close enough to suggest.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))

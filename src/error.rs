@@ -15,12 +15,20 @@ pub struct StepError {
 impl StepError {
     /// A failure another attempt will not fix.
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None, retryable: false }
+        Self {
+            message: message.into(),
+            source: None,
+            retryable: false,
+        }
     }
 
     /// A failure that may pass on a later attempt.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None, retryable: true }
+        Self {
+            message: message.into(),
+            source: None,
+            retryable: true,
+        }
     }
 
     pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -31,8 +39,10 @@ impl StepError {
     /// The message and every cause, one per line.
     pub fn chain(&self) -> String {
         let mut out = self.message.clone();
-        let mut cause: Option<&(dyn std::error::Error + 'static)> =
-            self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
         while let Some(c) = cause {
             let text = c.to_string();
             if !out.contains(&text) {
@@ -53,7 +63,9 @@ impl fmt::Display for StepError {
 
 impl std::error::Error for StepError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -64,10 +76,16 @@ impl From<kube::Error> for StepError {
             _ => true,
         };
         let message = match &e {
-            kube::Error::Api(s) => format!("API server said {} ({}): {}", s.code, s.reason, s.message),
+            kube::Error::Api(s) => {
+                format!("API server said {} ({}): {}", s.code, s.reason, s.message)
+            }
             other => format!("cannot reach the API server: {other}"),
         };
-        Self { message, source: Some(Box::new(e)), retryable }
+        Self {
+            message,
+            source: Some(Box::new(e)),
+            retryable,
+        }
     }
 }
 

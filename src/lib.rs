@@ -6,11 +6,11 @@
 
 pub mod cli;
 pub mod diag;
+pub mod error;
+pub mod kube;
 pub mod plan;
 pub mod process;
 pub mod provider;
 pub mod report;
-pub mod error;
-pub mod kube;
 pub mod run;
 pub mod steps;

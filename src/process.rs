@@ -20,7 +20,11 @@ pub struct ToolOutput {
 impl ToolOutput {
     /// The last lines of stderr (or stdout when stderr is empty), for error messages.
     pub fn tail(&self, lines: usize) -> String {
-        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
         let all: Vec<&str> = text.trim_end().lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -54,7 +58,12 @@ pub struct Tool {
 
 impl Tool {
     pub fn new(program: impl Into<String>) -> Self {
-        Self { program: program.into(), args: Vec::new(), env: Vec::new(), dir: None }
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+        }
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -119,14 +128,21 @@ impl Tool {
         let handle = match self.expression().start() {
             Ok(h) => std::sync::Arc::new(h),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ToolError::NotFound { program: self.program.clone() });
+                return Err(ToolError::NotFound {
+                    program: self.program.clone(),
+                });
             }
-            Err(e) => return Err(ToolError::Spawn { program: self.program.clone(), source: e }),
+            Err(e) => {
+                return Err(ToolError::Spawn {
+                    program: self.program.clone(),
+                    source: e,
+                });
+            }
         };
         let pids = handle.pids();
         let waiter = {
             let handle = handle.clone();
-            tokio::task::spawn_blocking(move || handle.wait().map(|o| o.clone()))
+            tokio::task::spawn_blocking(move || handle.wait().cloned())
         };
         tokio::select! {
             output = waiter => {
@@ -158,7 +174,9 @@ async fn kill_groups(pids: &[u32]) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
     loop {
         // SAFETY: signal 0 only checks whether the group still exists.
-        let alive = pids.iter().any(|&pid| unsafe { libc::kill(-(pid as i32), 0) } == 0);
+        let alive = pids
+            .iter()
+            .any(|&pid| unsafe { libc::kill(-(pid as i32), 0) } == 0);
         if !alive || tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -177,10 +195,13 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         return p.is_file().then(|| p.to_path_buf());
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(program)).find(|c| {
-            use std::os::unix::fs::PermissionsExt;
-            c.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|c| {
+                use std::os::unix::fs::PermissionsExt;
+                c.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
     })
 }
 
@@ -190,7 +211,11 @@ mod tests {
 
     #[tokio::test]
     async fn captures_output_and_status() {
-        let out = Tool::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]).run(&CancellationToken::new()).await.unwrap();
+        let out = Tool::new("sh")
+            .args(["-c", "echo out; echo err >&2; exit 3"])
+            .run(&CancellationToken::new())
+            .await
+            .unwrap();
         assert!(!out.success);
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, "out\n");
@@ -199,8 +224,14 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_named() {
-        let err = Tool::new("bookinfo-up-no-such-tool").run(&CancellationToken::new()).await.unwrap_err();
-        assert_eq!(err.to_string(), "`bookinfo-up-no-such-tool` was not found on PATH");
+        let err = Tool::new("bookinfo-up-no-such-tool")
+            .run(&CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`bookinfo-up-no-such-tool` was not found on PATH"
+        );
     }
 
     #[tokio::test]
@@ -221,7 +252,11 @@ mod tests {
             assert!(tries < 200, "the child did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let started = std::time::Instant::now();
         cancel.cancel();
         let err = task.await.unwrap().unwrap_err();
@@ -229,7 +264,11 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         // The grandchild is gone (or a zombie awaiting its reaper, which `kill -0` still sees
         // briefly): check /proc for a live process.
-        let status = std::fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
-        assert!(status.is_empty() || status.contains("State:\tZ"), "grandchild {grandchild} survived: {status}");
+        let status =
+            std::fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("State:\tZ"),
+            "grandchild {grandchild} survived: {status}"
+        );
     }
 }

@@ -16,7 +16,7 @@ source "$here/lib.sh"
 mkdir -p "$TESTBED_DIR/bin" "$TESTBED_DIR/logs" "$TESTBED_DIR/src"
 log="$TESTBED_DIR/logs/build-$(date +%Y%m%d-%H%M%S).log"
 : >"$log"
-echo "testbed: $TESTBED_DIR (build log: $log)"
+echo "testbed: $TESTBED_DIR"
 
 export GOMODCACHE="$TESTBED_ROOT/gomod"
 export GOCACHE="$TESTBED_ROOT/gobuild"
@@ -25,6 +25,7 @@ export CGO_ENABLED=0
 jobs="${TESTBED_GO_JOBS:-2}"
 
 failed=()
+built=0
 # step NAME CHECK_FILE... -- COMMAND: runs COMMAND unless every CHECK_FILE exists; one line each.
 step() {
   local name="$1"
@@ -42,6 +43,7 @@ step() {
     return 0
   fi
   local start=$SECONDS
+  built=1
   printf '  %-26s building ... ' "$name"
   echo "=== $name: $* (started $(date -u +%FT%TZ))" >>"$log"
   if "$@" >>"$log" 2>&1; then
@@ -113,7 +115,18 @@ build_kwok() {
 }
 
 build_helm() {
+  # As helm's Makefile stamps a release: version, tree state, and the Kubernetes version that
+  # `helm template` assumes without a cluster (client-go v0.X.Y in helm's go.mod -> v1.X).
+  local hmod client_go kminor
+  hmod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  client_go="$(awk '$1 == "k8s.io/client-go" { print $2 }' "$hmod")"
+  kminor="$(echo "$client_go" | cut -d. -f2)"
   local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kminor"
+  done
   GOBIN="$TESTBED_DIR/bin" go install -p "$jobs" -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
@@ -169,6 +182,8 @@ step "helm $HELM_VERSION" "$b/helm" -- build_helm
 step "kubernetes $KUBERNETES_VERSION" "$b/kube-apiserver" "$b/kube-controller-manager" "$b/kube-scheduler" "$b/kubectl" -- build_kubernetes
 step "istioctl $ISTIO_VERSION" "$b/istioctl" -- build_istioctl
 
+# A warm run leaves no log behind.
+if [[ $built == 1 ]]; then echo "build log:      $log"; else rm -f "$log"; fi
 echo "binaries:       $TESTBED_DIR/bin"
 echo "istio content:  $TESTBED_DIR/istio (charts/{base,istiod,gateway}, samples/{addons,bookinfo})"
 if ((${#failed[@]})); then

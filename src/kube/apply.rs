@@ -72,14 +72,21 @@ impl Located {
         await_condition(self.api.clone(), &self.name, conditions::is_deleted(uid))
             .await
             .map(|_| ())
-            .map_err(|e| StepError::transient(format!("lost the watch on {}", self.display())).with_source(e))
+            .map_err(|e| {
+                StepError::transient(format!("lost the watch on {}", self.display())).with_source(e)
+            })
     }
 }
 
 impl Kube {
     /// Binds a manifest object to its API. A kind the server does not serve yet is retried
     /// with backoff for up to `patience` (see `resolve`).
-    pub async fn locate(&self, object: &Value, default_namespace: &str, patience: Duration) -> StepResult<Located> {
+    pub async fn locate(
+        &self,
+        object: &Value,
+        default_namespace: &str,
+        patience: Duration,
+    ) -> StepResult<Located> {
         let gvk = gvk_of(object);
         let (ar, caps) = self.resolve(&gvk, patience).await?;
         Ok(self.bind(object, gvk, &ar, &caps, default_namespace))
@@ -87,9 +94,16 @@ impl Kube {
 
     /// Like `locate`, but `None` when the server does not serve the kind (any more): for
     /// teardown, where a kind whose CRD is gone means its objects are gone too.
-    pub async fn locate_if_served(&self, object: &Value, default_namespace: &str) -> StepResult<Option<Located>> {
+    pub async fn locate_if_served(
+        &self,
+        object: &Value,
+        default_namespace: &str,
+    ) -> StepResult<Option<Located>> {
         let gvk = gvk_of(object);
-        Ok(self.try_resolve(&gvk).await?.map(|(ar, caps)| self.bind(object, gvk, &ar, &caps, default_namespace)))
+        Ok(self
+            .try_resolve(&gvk)
+            .await?
+            .map(|(ar, caps)| self.bind(object, gvk, &ar, &caps, default_namespace)))
     }
 
     fn bind(
@@ -101,7 +115,10 @@ impl Kube {
         default_namespace: &str,
     ) -> Located {
         let mut object = object.clone();
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let namespace = match caps.scope {
             Scope::Namespaced => {
                 let ns = object["metadata"]["namespace"]
@@ -120,14 +137,24 @@ impl Kube {
             }
         };
         let api = self.dynamic_api(ar, caps, namespace.as_deref());
-        Located { object, gvk, name, namespace, api }
+        Located {
+            object,
+            gvk,
+            name,
+            namespace,
+            api,
+        }
     }
 
     /// Creates or converges a whole object under `FIELD_MANAGER`, forcing ownership of the
     /// fields it sets. An object it creates gets the plan label and step annotation; an object
     /// that existed without the label is applied without it, so the plan never claims (and
     /// teardown never deletes) what it did not create.
-    pub async fn apply_owned(&self, target: &Located, owner: Owner<'_>) -> StepResult<ApplyOutcome> {
+    pub async fn apply_owned(
+        &self,
+        target: &Located,
+        owner: Owner<'_>,
+    ) -> StepResult<ApplyOutcome> {
         let live = target.get().await?;
         let desired = with_ownership(&target.object, live.as_ref(), owner);
         match live {
@@ -149,7 +176,10 @@ impl Kube {
     /// `retract_partial` exact. The object must exist: a patch never creates.
     pub async fn apply_partial(&self, target: &Located, manager: &str) -> StepResult<ApplyOutcome> {
         let Some(live) = target.get().await? else {
-            return Err(StepError::fatal(format!("cannot patch {}: it does not exist", target.display())));
+            return Err(StepError::fatal(format!(
+                "cannot patch {}: it does not exist",
+                target.display()
+            )));
         };
         converge(target, &target.object, manager, false, &live).await
     }
@@ -175,9 +205,21 @@ impl Kube {
         }
         target
             .api
-            .patch(&target.name, &PatchParams::apply(manager), &Patch::Apply(&skeleton))
+            .patch(
+                &target.name,
+                &PatchParams::apply(manager),
+                &Patch::Apply(&skeleton),
+            )
             .await
-            .map_err(|e| api_error(format!("cannot revert the fields of `{manager}` on {}", target.display()), e))?;
+            .map_err(|e| {
+                api_error(
+                    format!(
+                        "cannot revert the fields of `{manager}` on {}",
+                        target.display()
+                    ),
+                    e,
+                )
+            })?;
         Ok(true)
     }
 
@@ -190,9 +232,14 @@ impl Kube {
         if live["metadata"]["labels"][PLAN_LABEL].as_str() != Some(plan) {
             return Ok(DeleteOutcome::NotOurs);
         }
-        let uid = live["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-        let dp = DeleteParams::background()
-            .preconditions(Preconditions { uid: Some(uid.clone()), resource_version: None });
+        let uid = live["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let dp = DeleteParams::background().preconditions(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        });
         match target.api.delete(&target.name, &dp).await {
             Ok(_) => Ok(DeleteOutcome::Deleted { uid }),
             Err(e) if is_not_found(&e) => Ok(DeleteOutcome::Gone),
@@ -213,7 +260,13 @@ impl Kube {
 /// takes over ownership of a field does. The API server's own defaulting, validation and list
 /// merging decide, which no client-side diff could reproduce. A converged object costs one GET
 /// and one dry-run PATCH and is never written, so second runs leave resourceVersions alone.
-async fn converge(target: &Located, desired: &Value, manager: &str, force: bool, live: &Value) -> StepResult<ApplyOutcome> {
+async fn converge(
+    target: &Located,
+    desired: &Value,
+    manager: &str,
+    force: bool,
+    live: &Value,
+) -> StepResult<ApplyOutcome> {
     let mut pp = PatchParams::apply(manager);
     if force {
         pp = pp.force();
@@ -266,7 +319,11 @@ pub fn comparable(object: &Value, manager: &str) -> Value {
 pub fn manages(object: &Value, manager: &str) -> bool {
     object["metadata"]["managedFields"]
         .as_array()
-        .is_some_and(|entries| entries.iter().any(|e| e["manager"] == manager && e["operation"] == "Apply"))
+        .is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["manager"] == manager && e["operation"] == "Apply")
+        })
 }
 
 /// The object to apply given what is live: a new object gets the plan label and the step
@@ -277,8 +334,12 @@ pub fn with_ownership(object: &Value, live: Option<&Value>, owner: Owner<'_>) ->
     let (label, annotation) = match live {
         None => (Some(owner.plan.to_string()), Some(owner.step.to_string())),
         Some(live) => (
-            live["metadata"]["labels"][PLAN_LABEL].as_str().map(str::to_string),
-            live["metadata"]["annotations"][STEP_ANNOTATION].as_str().map(str::to_string),
+            live["metadata"]["labels"][PLAN_LABEL]
+                .as_str()
+                .map(str::to_string),
+            live["metadata"]["annotations"][STEP_ANNOTATION]
+                .as_str()
+                .map(str::to_string),
         ),
     };
     if let Some(label) = label {
@@ -306,7 +367,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const OWNER: Owner<'static> = Owner { plan: "demo", step: "apply-crds" };
+    const OWNER: Owner<'static> = Owner {
+        plan: "demo",
+        step: "apply-crds",
+    };
 
     #[test]
     fn new_objects_are_labelled() {

@@ -43,17 +43,23 @@ impl Kube {
     /// Builds a client from a kubeconfig file and optional context. Makes no API call.
     pub async fn connect(kubeconfig: &Path, context: Option<&str>) -> StepResult<Self> {
         let config = Kubeconfig::read_from(kubeconfig).map_err(|e| {
-            StepError::fatal(format!("cannot read kubeconfig `{}`", kubeconfig.display())).with_source(e)
+            StepError::fatal(format!("cannot read kubeconfig `{}`", kubeconfig.display()))
+                .with_source(e)
         })?;
-        let options = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-        let mut config = kube::Config::from_custom_kubeconfig(config, &options).await.map_err(|e| {
-            StepError::fatal(format!(
-                "kubeconfig `{}` has no usable context{}",
-                kubeconfig.display(),
-                context.map(|c| format!(" `{c}`")).unwrap_or_default()
-            ))
-            .with_source(e)
-        })?;
+        let options = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..Default::default()
+        };
+        let mut config = kube::Config::from_custom_kubeconfig(config, &options)
+            .await
+            .map_err(|e| {
+                StepError::fatal(format!(
+                    "kubeconfig `{}` has no usable context{}",
+                    kubeconfig.display(),
+                    context.map(|c| format!(" `{c}`")).unwrap_or_default()
+                ))
+                .with_source(e)
+            })?;
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
         let client = kube::Client::try_from(config)
@@ -68,7 +74,11 @@ impl Kube {
 
     /// The API resource serving `gvk`, from the cache or discovery. A kind the server does
     /// not serve yet (a CRD just established) is retried with backoff for up to `patience`.
-    pub async fn resolve(&self, gvk: &GroupVersionKind, patience: Duration) -> StepResult<(ApiResource, ApiCapabilities)> {
+    pub async fn resolve(
+        &self,
+        gvk: &GroupVersionKind,
+        patience: Duration,
+    ) -> StepResult<(ApiResource, ApiCapabilities)> {
         if let Some(found) = self.resources.read().await.get(gvk) {
             return Ok(found.clone());
         }
@@ -77,7 +87,10 @@ impl Kube {
         loop {
             match kube::discovery::pinned_kind(&self.client, gvk).await {
                 Ok(found) => {
-                    self.resources.write().await.insert(gvk.clone(), found.clone());
+                    self.resources
+                        .write()
+                        .await
+                        .insert(gvk.clone(), found.clone());
                     return Ok(found);
                 }
                 Err(e) => {
@@ -101,13 +114,19 @@ impl Kube {
 
     /// Like `resolve` with a single discovery attempt, and `None` when the server does not
     /// serve the kind.
-    pub async fn try_resolve(&self, gvk: &GroupVersionKind) -> StepResult<Option<(ApiResource, ApiCapabilities)>> {
+    pub async fn try_resolve(
+        &self,
+        gvk: &GroupVersionKind,
+    ) -> StepResult<Option<(ApiResource, ApiCapabilities)>> {
         if let Some(found) = self.resources.read().await.get(gvk) {
             return Ok(Some(found.clone()));
         }
         match kube::discovery::pinned_kind(&self.client, gvk).await {
             Ok(found) => {
-                self.resources.write().await.insert(gvk.clone(), found.clone());
+                self.resources
+                    .write()
+                    .await
+                    .insert(gvk.clone(), found.clone());
                 Ok(Some(found))
             }
             Err(e) if is_not_found(&e) || matches!(&e, kube::Error::Discovery(_)) => Ok(None),
@@ -128,8 +147,12 @@ impl Kube {
         namespace: Option<&str>,
     ) -> kube::Api<kube::api::DynamicObject> {
         match (&caps.scope, namespace) {
-            (Scope::Namespaced, Some(ns)) => kube::Api::namespaced_with(self.client.clone(), ns, ar),
-            (Scope::Namespaced, None) => kube::Api::default_namespaced_with(self.client.clone(), ar),
+            (Scope::Namespaced, Some(ns)) => {
+                kube::Api::namespaced_with(self.client.clone(), ns, ar)
+            }
+            (Scope::Namespaced, None) => {
+                kube::Api::default_namespaced_with(self.client.clone(), ar)
+            }
             (Scope::Cluster, _) => kube::Api::all_with(self.client.clone(), ar),
         }
     }
@@ -139,7 +162,10 @@ impl Kube {
 /// attempt may succeed (conflicts, throttling, server errors, connection problems).
 pub fn api_error(doing: impl std::fmt::Display, e: kube::Error) -> StepError {
     let base = StepError::from(e);
-    StepError { message: format!("{doing}: {}", base.message), ..base }
+    StepError {
+        message: format!("{doing}: {}", base.message),
+        ..base
+    }
 }
 
 /// Whether an API error is a 404: the object (or its kind) is not there.

@@ -34,12 +34,19 @@ pub fn deployment(d: &Deployment) -> Readiness {
         return Readiness::Waiting("spec update not observed yet".into());
     }
     // Only a condition about the observed generation counts, as in kubectl.
-    if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "Progressing")
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing")
         && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     {
         return Readiness::Failed(format!(
             "exceeded its progress deadline{}",
-            c.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         ));
     }
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -51,7 +58,10 @@ pub fn deployment(d: &Deployment) -> Readiness {
         return Readiness::Waiting(format!("{updated}/{desired} replicas updated"));
     }
     if replicas > updated {
-        return Readiness::Waiting(format!("{} old replicas pending termination", replicas - updated));
+        return Readiness::Waiting(format!(
+            "{} old replicas pending termination",
+            replicas - updated
+        ));
     }
     if ready < desired || available < desired {
         return Readiness::Waiting(format!("{}/{desired} ready", ready.min(available)));
@@ -66,17 +76,26 @@ pub fn deployment(d: &Deployment) -> Readiness {
 /// Whether a pod no longer counts: it finished, or it is being deleted.
 pub fn pod_is_gone(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_some()
-        || matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        || matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
 }
 
 /// A pod is ready when its Ready condition is True (not when its phase is Running). With
 /// `containers`, it must have exactly that many containers, all ready; with `container`, one
 /// of them must have that name (a sidecar such as `istio-proxy`) and be ready.
 pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readiness {
-    let spec_containers: Vec<&str> =
-        p.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.name.as_str()).collect();
+    let spec_containers: Vec<&str> = p
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| c.name.as_str())
+        .collect();
     let status = p.status.as_ref();
-    let statuses = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
+    let statuses = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
     if let Some(n) = containers
         && spec_containers.len() != n as usize
     {
@@ -90,15 +109,28 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
     if let Some(name) = container
         && !spec_containers.contains(&name)
     {
-        return Readiness::Waiting(format!("has no container `{name}` ({})", spec_containers.join(", ")));
+        return Readiness::Waiting(format!(
+            "has no container `{name}` ({})",
+            spec_containers.join(", ")
+        ));
     }
-    let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let ready = conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     if !ready {
-        if let Some(c) = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False") {
+        if let Some(c) = conditions
+            .iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        {
             return Readiness::Waiting(format!(
                 "not scheduled{}",
-                c.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                c.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ));
         }
         let waiting: Vec<String> = statuses
@@ -109,7 +141,11 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
                     st.waiting
                         .as_ref()
                         .map(|w| w.reason.clone().unwrap_or_else(|| "waiting".into()))
-                        .or_else(|| st.terminated.as_ref().map(|t| t.reason.clone().unwrap_or_else(|| "terminated".into())))
+                        .or_else(|| {
+                            st.terminated
+                                .as_ref()
+                                .map(|t| t.reason.clone().unwrap_or_else(|| "terminated".into()))
+                        })
                 });
                 match why {
                     Some(why) => format!("{} {why}", s.name),
@@ -124,7 +160,11 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
             format!("{phase}, {}", waiting.join(", "))
         });
     }
-    let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let unready: Vec<&str> = statuses
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
     if containers.is_some() && !unready.is_empty() {
         return Readiness::Waiting(format!("containers not ready: {}", unready.join(", ")));
     }
@@ -139,14 +179,27 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
 /// A CRD is usable once Established; names rejected (NamesAccepted False) will not fix
 /// themselves.
 pub fn crd(c: &CustomResourceDefinition) -> Readiness {
-    let conditions = c.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+    let conditions = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True")
+    {
         return Readiness::Ready;
     }
-    if let Some(n) = conditions.iter().find(|c| c.type_ == "NamesAccepted" && c.status == "False") {
+    if let Some(n) = conditions
+        .iter()
+        .find(|c| c.type_ == "NamesAccepted" && c.status == "False")
+    {
         return Readiness::Failed(format!(
             "names not accepted{}",
-            n.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            n.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         ));
     }
     Readiness::Waiting("not established yet".into())
@@ -182,7 +235,10 @@ mod tests {
             "spec": {"selector": {}, "template": {}},
             "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}
         }));
-        assert_eq!(deployment(&d), Readiness::Waiting("spec update not observed yet".into()));
+        assert_eq!(
+            deployment(&d),
+            Readiness::Waiting("spec update not observed yet".into())
+        );
     }
 
     #[test]
@@ -202,7 +258,10 @@ mod tests {
             "spec": {"replicas": 1, "selector": {}, "template": {}},
             "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2}
         }));
-        assert_eq!(deployment(&d), Readiness::Waiting("1 old replicas pending termination".into()));
+        assert_eq!(
+            deployment(&d),
+            Readiness::Waiting("1 old replicas pending termination".into())
+        );
     }
 
     #[test]
@@ -226,7 +285,10 @@ mod tests {
                 "containerStatuses": [{"name": "app", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
                     "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
         }));
-        assert_eq!(pod(&p, None, None), Readiness::Waiting("Running, app CrashLoopBackOff".into()));
+        assert_eq!(
+            pod(&p, None, None),
+            Readiness::Waiting("Running, app CrashLoopBackOff".into())
+        );
     }
 
     #[test]
@@ -238,8 +300,14 @@ mod tests {
                 "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "x", "imageID": ""}]}
         }));
         assert_eq!(pod(&p, Some(1), None), Readiness::Ready);
-        assert_eq!(pod(&p, Some(2), None), Readiness::Waiting("has 1 container (app), expected 2".into()));
-        assert_eq!(pod(&p, None, Some("istio-proxy")), Readiness::Waiting("has no container `istio-proxy` (app)".into()));
+        assert_eq!(
+            pod(&p, Some(2), None),
+            Readiness::Waiting("has 1 container (app), expected 2".into())
+        );
+        assert_eq!(
+            pod(&p, None, Some("istio-proxy")),
+            Readiness::Waiting("has no container `istio-proxy` (app)".into())
+        );
     }
 
     #[test]
@@ -250,7 +318,10 @@ mod tests {
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
                 "reason": "Unschedulable", "message": "0/1 nodes are available"}]}
         }));
-        assert_eq!(pod(&p, None, None), Readiness::Waiting("not scheduled: 0/1 nodes are available".into()));
+        assert_eq!(
+            pod(&p, None, None),
+            Readiness::Waiting("not scheduled: 0/1 nodes are available".into())
+        );
     }
 
     #[test]
@@ -261,6 +332,9 @@ mod tests {
             "status": {"conditions": [{"type": "NamesAccepted", "status": "False", "message": "conflict"}]}
         }))
         .unwrap();
-        assert_eq!(crd(&c), Readiness::Failed("names not accepted: conflict".into()));
+        assert_eq!(
+            crd(&c),
+            Readiness::Failed("names not accepted: conflict".into())
+        );
     }
 }

@@ -119,11 +119,14 @@ impl Analyzer<'_> {
         let name = match meta.and_then(|m| m.name.as_ref()) {
             Some(n) => self.interp(n, main_unit.file).unwrap_or_default(),
             None => {
-                self.diags.push(
-                    Diagnostic::new("the plan has no name")
-                        .at(main_unit.file, 0..0)
-                        .help("add `[plan]` with `name = \"...\"`"),
-                );
+                let text = &self.sources.get(main_unit.file).text;
+                let help = if meta.is_some() {
+                    "add `name = \"...\"` under `[plan]`"
+                } else {
+                    "add `[plan]` with `name = \"...\"`"
+                };
+                let at = table_span(text, "plan");
+                self.diags.push(Diagnostic::new("the plan has no name").at(main_unit.file, at).help(help));
                 String::new()
             }
         };
@@ -140,9 +143,10 @@ impl Analyzer<'_> {
         let cluster = match cluster_unit {
             Some(u) => self.cluster(u.raw.cluster.as_ref().unwrap(), u.file, &u.dir, &name),
             None => {
+                let at = table_span(&self.sources.get(main_unit.file).text, "cluster");
                 self.diags.push(
                     Diagnostic::new("the plan has no `[cluster]`")
-                        .at(main_unit.file, 0..0)
+                        .at(main_unit.file, at)
                         .help("add `[cluster]` with `provider = \"kind\"`, `\"kwok\"` or `\"existing\"`"),
                 );
                 None
@@ -175,13 +179,14 @@ impl Analyzer<'_> {
                     );
                 }
                 if let Some((_, f, s)) = ids.get(&id) {
-                    let (line, col, _) =
-                        crate::diag::locate(&self.sources.get(*f).text, s.start);
+                    let (line, col, _) = crate::diag::locate(&self.sources.get(*f).text, s.start);
                     let first = format!("{}:{line}:{col}", self.sources.get(*f).display);
                     self.diags.push(
                         Diagnostic::new(format!("duplicate step id `{id}`"))
                             .at(unit.file, span)
-                            .help(format!("the first step `{id}` is at {first}; ids must be unique")),
+                            .help(format!(
+                                "the first step `{id}` is at {first}; ids must be unique"
+                            )),
                     );
                     continue;
                 }
@@ -190,9 +195,10 @@ impl Analyzer<'_> {
             }
         }
         if all.is_empty() {
+            let at = table_span(&self.sources.get(main_unit.file).text, "step");
             self.diags.push(
                 Diagnostic::new("the plan has no steps")
-                    .at(main_unit.file, 0..0)
+                    .at(main_unit.file, at)
                     .help("add at least one `[[step]]`"),
             );
         }
@@ -262,7 +268,8 @@ impl Analyzer<'_> {
                 .collect();
             self.diags.push(
                 Diagnostic::new(format!("plans include each other: {}", chain.join(" -> ")))
-                    .at(file, span),
+                    .at(file, span)
+                    .help("remove this `include`; a shared file should not include the plans that use it"),
             );
             return None;
         }
@@ -277,7 +284,9 @@ impl Analyzer<'_> {
                     crate::diag::display_path(path)
                 ));
                 self.diags.push(match from {
-                    Some((f, s)) => d.at(f, s),
+                    Some((f, s)) => d
+                        .at(f, s)
+                        .help("paths in `include` are relative to the plan file that names them"),
                     None => d.help("pass the path of a plan, e.g. `plans/sim.toml`"),
                 });
                 return None;
@@ -318,7 +327,8 @@ impl Analyzer<'_> {
                         "cannot read vars file `{}`: {e}",
                         crate::diag::display_path(path)
                     ))
-                    .at(from, span),
+                    .at(from, span)
+                    .help("paths in `vars_files` are relative to the plan file that names them"),
                 );
                 return;
             }
@@ -342,7 +352,8 @@ impl Analyzer<'_> {
                     }
                     _ => self.diags.push(
                         Diagnostic::new("expected `NAME=value` in a vars file")
-                            .at(file, offset..offset + line.trim_end().len()),
+                            .at(file, offset..offset + line.trim_end().len())
+                            .help("one `NAME=value` a line; names are letters, digits and `_`; `#` starts a comment"),
                     ),
                 }
             }
@@ -368,7 +379,8 @@ impl Analyzer<'_> {
                     "variables refer to each other: {}",
                     visiting.join(" -> ")
                 ))
-                .at(file, span),
+                .at(file, span)
+                .help("give one of these variables a value that does not use the others"),
             );
             self.resolved.insert(name.to_string(), None);
             return None;
@@ -397,9 +409,9 @@ impl Analyzer<'_> {
         while let Some(i) = rest.find('$') {
             out.push_str(&rest[..i]);
             let after = &rest[i..];
-            if after.starts_with("$${") {
+            if let Some(after_escape) = after.strip_prefix("$${") {
                 out.push_str("${");
-                rest = &after[3..];
+                rest = after_escape;
                 pos += i + 3;
                 continue;
             }
@@ -443,8 +455,8 @@ impl Analyzer<'_> {
                     self.resolve_var(expr, visiting)
                 } else {
                     let names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
-                    let mut d = Diagnostic::new(format!("variable `{expr}` is not set"))
-                        .at(file, span);
+                    let mut d =
+                        Diagnostic::new(format!("variable `{expr}` is not set")).at(file, span);
                     d = match did_you_mean(expr, names) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
                         None => d.help(format!("define it under `[vars]`: {expr} = \"...\"")),
@@ -478,7 +490,14 @@ impl Analyzer<'_> {
         self.expand(s.get_ref(), file, base, &mut Vec::new())
     }
 
-    fn num(&mut self, n: &Spanned<RawNum>, file: FileId, what: &str, min: i64, max: i64) -> Option<i64> {
+    fn num(
+        &mut self,
+        n: &Spanned<RawNum>,
+        file: FileId,
+        what: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
         let value = match n.get_ref() {
             RawNum::Int(i) => *i,
             RawNum::Str(s) => {
@@ -487,8 +506,9 @@ impl Analyzer<'_> {
                     Ok(i) => i,
                     Err(_) => {
                         self.diags.push(
-                            Diagnostic::new(format!("{what} must be a whole number, got `{text}`"))
-                                .at(file, n.span()),
+                            Diagnostic::new(format!("`{what}` must be a whole number, got `{text}`"))
+                                .at(file, n.span())
+                                .help("write a number, or a string holding a `${var}` whose value is a number"),
                         );
                         return None;
                     }
@@ -497,8 +517,11 @@ impl Analyzer<'_> {
         };
         if value < min || value > max {
             self.diags.push(
-                Diagnostic::new(format!("{what} must be between {min} and {max}, got {value}"))
-                    .at(file, n.span()),
+                Diagnostic::new(format!(
+                    "`{what}` must be between {min} and {max}, got {value}"
+                ))
+                .at(file, n.span())
+                .help(range_help(what, min, max)),
             );
             return None;
         }
@@ -511,7 +534,9 @@ impl Analyzer<'_> {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
                 self.diags.push(
-                    Diagnostic::new("a duration must be longer than zero").at(file, s.span()),
+                    Diagnostic::new("a duration must be longer than zero")
+                        .at(file, s.span())
+                        .help("write durations like \"90s\", \"5m\" or \"1m 30s\""),
                 );
                 None
             }
@@ -556,7 +581,9 @@ impl Analyzer<'_> {
                         "`[cluster.{k}]` is given but the provider is `{provider_name}`"
                     ))
                     .at(file, raw.provider.span())
-                    .help(format!("remove `[cluster.{k}]` or set `provider = \"{k}\"`")),
+                    .help(format!(
+                        "remove `[cluster.{k}]` or set `provider = \"{k}\"`"
+                    )),
                 );
             }
         }
@@ -565,16 +592,19 @@ impl Analyzer<'_> {
                 let Some(k) = &raw.kind else {
                     self.diags.push(
                         Diagnostic::new("the kind provider needs `[cluster.kind]` with `node_image`")
-                            .at(file, raw.provider.span()),
+                            .at(file, raw.provider.span())
+                            .help("add `[cluster.kind]` with `node_image = \"kindest/node:vX.Y.Z@sha256:...\"`"),
                     );
                     return None;
                 };
                 let node_image = self.interp(&k.node_image, file)?;
                 if !node_image.contains("@sha256:") {
                     self.diags.push(
-                        Diagnostic::new(format!("node image `{node_image}` is not pinned by digest"))
-                            .at(file, k.node_image.span())
-                            .help("use the `image:tag@sha256:...` form from kind's release notes"),
+                        Diagnostic::new(format!(
+                            "node image `{node_image}` is not pinned by digest"
+                        ))
+                        .at(file, k.node_image.span())
+                        .help("use the `image:tag@sha256:...` form from kind's release notes"),
                     );
                 }
                 let mut port_mappings = Vec::new();
@@ -611,7 +641,7 @@ impl Analyzer<'_> {
                             self.diags.push(
                                 Diagnostic::new(format!(
                                     "binaries folder `{}` does not exist",
-                                    p.display()
+                                    crate::diag::display_path(&p)
                                 ))
                                 .at(file, b.span())
                                 .help("run `just testbed` and `eval \"$(just testbed-env)\"`"),
@@ -714,7 +744,9 @@ impl Analyzer<'_> {
                 Some((i, _, _)) if n.get_ref() == &id => {
                     let _ = i;
                     self.diags.push(
-                        Diagnostic::new(format!("step `{id}` needs itself")).at(file, n.span()),
+                        Diagnostic::new(format!("step `{id}` needs itself"))
+                            .at(file, n.span())
+                            .help(format!("remove `{id}` from its own `needs`")),
                     );
                 }
                 Some((i, _, _)) => needs.push(*i),
@@ -741,7 +773,7 @@ impl Analyzer<'_> {
         };
         let description = raw.description.as_ref().and_then(|d| self.interp(d, file));
 
-        let kinds: Vec<(&str, Range<usize>)> = [
+        let mut kinds: Vec<(&str, Range<usize>)> = [
             raw.helm.as_ref().map(|k| ("helm", k.span())),
             raw.apply.as_ref().map(|k| ("apply", k.span())),
             raw.namespace.as_ref().map(|k| ("namespace", k.span())),
@@ -754,6 +786,8 @@ impl Analyzer<'_> {
         .into_iter()
         .flatten()
         .collect();
+        // In the order written, so that the caret points at the second kind of the step.
+        kinds.sort_by_key(|(_, span)| span.start);
         if kinds.is_empty() {
             self.diags.push(
                 Diagnostic::new(format!("step `{id}` has no step kind"))
@@ -822,17 +856,23 @@ impl Analyzer<'_> {
         };
         let chart = match repo {
             Some((repo, repo_url)) => {
-                if !(repo_url.starts_with("https://") || repo_url.starts_with("http://") || repo_url.starts_with("oci://")) {
+                if !(repo_url.starts_with("https://")
+                    || repo_url.starts_with("http://")
+                    || repo_url.starts_with("oci://"))
+                {
                     self.diags.push(
                         Diagnostic::new(format!("chart repository `{repo_url}` is not a URL"))
-                            .at(file, repo.span()),
+                            .at(file, repo.span())
+                            .help("use an https://, http:// or oci:// URL, or leave `repo` out for a local chart"),
                     );
                 }
                 let Some(version) = &h.version else {
                     self.diags.push(
-                        Diagnostic::new(format!("chart `{chart_text}` from a repository has no `version`"))
-                            .at(file, h.chart.span())
-                            .help("pin the chart: version = \"1.30.0\""),
+                        Diagnostic::new(format!(
+                            "chart `{chart_text}` from a repository has no `version`"
+                        ))
+                        .at(file, h.chart.span())
+                        .help("pin the chart: version = \"1.30.0\""),
                     );
                     return None;
                 };
@@ -871,13 +911,17 @@ impl Analyzer<'_> {
                 Ok(text) => {
                     let vf = self.sources.add(&p, text.clone());
                     if let Err(e) = serde_saphyr::from_str::<serde_json::Value>(&text) {
-                        self.yaml_error(vf, &text, &e);
+                        self.yaml_error(vf, &e);
                     }
                     values_files.push(p);
                 }
                 Err(e) => self.diags.push(
-                    Diagnostic::new(format!("cannot read values file `{}`: {e}", crate::diag::display_path(&p)))
-                        .at(file, f.span()),
+                    Diagnostic::new(format!(
+                        "cannot read values file `{}`: {e}",
+                        crate::diag::display_path(&p)
+                    ))
+                    .at(file, f.span())
+                    .help("paths are relative to the plan file that names them"),
                 ),
             }
         }
@@ -893,14 +937,22 @@ impl Analyzer<'_> {
     }
 
     /// Interpolates every string inside a JSON value; errors point at `span`.
-    fn interp_json(&mut self, v: serde_json::Value, file: FileId, span: Range<usize>) -> Option<serde_json::Value> {
+    fn interp_json(
+        &mut self,
+        v: serde_json::Value,
+        file: FileId,
+        span: Range<usize>,
+    ) -> Option<serde_json::Value> {
         use serde_json::Value;
         Some(match v {
             Value::String(s) => {
                 let before = self.diags.len();
                 let out = self.expand(&s, file, span.start, &mut Vec::new());
                 for d in &mut self.diags[before..] {
-                    d.label = Some(crate::diag::Label { file, span: span.clone() });
+                    d.label = Some(crate::diag::Label {
+                        file,
+                        span: span.clone(),
+                    });
                 }
                 Value::String(out?)
             }
@@ -918,13 +970,23 @@ impl Analyzer<'_> {
         })
     }
 
-    fn yaml_error(&mut self, file: FileId, text: &str, e: &serde_saphyr::Error) {
+    /// Reports a YAML error at its line and column in `file` as written. Templating keeps
+    /// lines where they are, so the position holds for templated files too.
+    fn yaml_error(&mut self, file: FileId, e: &serde_saphyr::Error) {
         let at = e
             .location()
-            .map(|l| offset_of(text, l.line() as usize, l.column() as usize))
+            .map(|l| {
+                offset_of(
+                    &self.sources.get(file).text,
+                    l.line() as usize,
+                    l.column() as usize,
+                )
+            })
             .unwrap_or(0);
         let msg = e.without_snippet().to_string();
-        let msg = msg.lines().next().unwrap_or("invalid YAML").to_string();
+        let msg = msg.lines().next().unwrap_or("invalid YAML");
+        // The position is drawn below; in a templated file the parser's column may be off.
+        let msg = msg.split(" at line ").next().unwrap_or(msg).to_string();
         self.diags.push(
             Diagnostic::new(format!("invalid YAML: {msg}"))
                 .at(file, at..at + 1)
@@ -936,15 +998,21 @@ impl Analyzer<'_> {
     fn manifest_paths(&mut self, entries: &[S], file: FileId, dir: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for e in entries {
-            let Some(p) = self.path(e, file, dir) else { continue };
+            let Some(p) = self.path(e, file, dir) else {
+                continue;
+            };
             let text = p.to_string_lossy().to_string();
             let mut found: Vec<PathBuf> = if text.contains(['*', '?', '[']) {
                 match glob::glob(&text) {
-                    Ok(paths) => paths.filter_map(Result::ok).filter(|p| p.is_file()).collect(),
+                    Ok(paths) => paths
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .collect(),
                     Err(err) => {
                         self.diags.push(
                             Diagnostic::new(format!("`{}` is not a valid glob: {err}", e.get_ref()))
-                                .at(file, e.span()),
+                                .at(file, e.span())
+                                .help("`*` and `?` match within a name, `[abc]` one of a set of characters"),
                         );
                         continue;
                     }
@@ -956,7 +1024,10 @@ impl Analyzer<'_> {
                             .map(|d| d.path())
                             .filter(|p| {
                                 p.is_file()
-                                    && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
+                                    && matches!(
+                                        p.extension().and_then(|x| x.to_str()),
+                                        Some("yaml" | "yml")
+                                    )
                             })
                             .collect()
                     })
@@ -965,16 +1036,20 @@ impl Analyzer<'_> {
                 vec![p.clone()]
             } else {
                 self.diags.push(
-                    Diagnostic::new(format!("manifest `{}` does not exist", crate::diag::display_path(&p)))
-                        .at(file, e.span())
-                        .help("paths are relative to the plan file that names them"),
+                    Diagnostic::new(format!(
+                        "manifest `{}` does not exist",
+                        crate::diag::display_path(&p)
+                    ))
+                    .at(file, e.span())
+                    .help("paths are relative to the plan file that names them"),
                 );
                 continue;
             };
             if found.is_empty() {
                 self.diags.push(
                     Diagnostic::new(format!("`{}` matches no manifest file", e.get_ref()))
-                        .at(file, e.span()),
+                        .at(file, e.span())
+                        .help("paths are relative to the plan file that names them; a folder gives its *.yaml and *.yml files"),
                 );
             }
             found.sort();
@@ -984,52 +1059,75 @@ impl Analyzer<'_> {
     }
 
     /// Reads, optionally templates, parses and checks the objects of manifest files.
-    fn manifests(&mut self, paths: &[PathBuf], template: bool, from: (FileId, Range<usize>)) -> Vec<Manifest> {
+    fn manifests(
+        &mut self,
+        paths: &[PathBuf],
+        template: bool,
+        from: (FileId, Range<usize>),
+    ) -> Vec<Manifest> {
         let mut out = Vec::new();
         for p in paths {
             let text = match std::fs::read_to_string(p) {
                 Ok(t) => t,
                 Err(e) => {
                     self.diags.push(
-                        Diagnostic::new(format!("cannot read `{}`: {e}", crate::diag::display_path(p)))
-                            .at(from.0, from.1.clone()),
+                        Diagnostic::new(format!(
+                            "cannot read `{}`: {e}",
+                            crate::diag::display_path(p)
+                        ))
+                        .at(from.0, from.1.clone())
+                        .help("check that the file is readable"),
                     );
                     continue;
                 }
             };
             let file = self.sources.add(p, text.clone());
+            // Positions are taken in the file as written: templating keeps lines and
+            // documents where they are but moves every byte after a variable.
+            let original = text;
             let text = if template {
-                match self.expand(&text, file, 0, &mut Vec::new()) {
+                match self.expand(&original, file, 0, &mut Vec::new()) {
                     Some(t) => t,
                     None => continue,
                 }
             } else {
-                text
+                original.clone()
             };
             let source = crate::diag::display_path(p);
             match parse_objects(&text, &source) {
                 Ok(objects) if objects.is_empty() => self.diags.push(
                     Diagnostic::new(format!("`{source}` holds no Kubernetes object"))
-                        .at(file, 0..text.len().min(1))
+                        .at(file, 0..original.len().min(1))
                         .help("a YAML stream can parse to zero documents; check that the file is not empty or commented out"),
                 ),
                 Ok(objects) => out.extend(objects),
-                Err(ManifestError::Yaml(e)) => self.yaml_error(file, &text, &e),
-                Err(ManifestError::NotAnObject { index, problem }) => self.diags.push(
-                    Diagnostic::new(format!("document {} of `{source}` {problem}", index + 1))
-                        .at(file, document_offset(&text, index)..document_offset(&text, index) + 1)
-                        .help("every document needs `apiVersion`, `kind` and `metadata.name`"),
-                ),
+                Err(ManifestError::Yaml(e)) => self.yaml_error(file, &e),
+                Err(ManifestError::NotAnObject { index, problem }) => {
+                    let at = document_offset(&original, index);
+                    self.diags.push(
+                        Diagnostic::new(format!("document {} of `{source}` {problem}", index + 1))
+                            .at(file, at..at + 1)
+                            .help("every document needs `apiVersion`, `kind` and `metadata.name`"),
+                    )
+                }
             }
         }
         out
     }
 
-    fn apply(&mut self, a: &Spanned<RawApply>, file: FileId, dir: &Path, allow_unpinned: bool) -> Option<Apply> {
+    fn apply(
+        &mut self,
+        a: &Spanned<RawApply>,
+        file: FileId,
+        dir: &Path,
+        allow_unpinned: bool,
+    ) -> Option<Apply> {
         let raw = a.get_ref();
         if raw.files.is_empty() && raw.urls.is_empty() {
             self.diags.push(
-                Diagnostic::new("an apply step needs `files` or `urls`").at(file, a.span()),
+                Diagnostic::new("an apply step needs `files` or `urls`")
+                    .at(file, a.span())
+                    .help("e.g. files = [\"manifests/bookinfo/*.yaml\"]"),
             );
             return None;
         }
@@ -1042,19 +1140,29 @@ impl Analyzer<'_> {
         let mut urls = Vec::new();
         for u in &raw.urls {
             let u = u.get_ref();
-            let Some(url) = self.interp(&u.url, file) else { continue };
-            let scheme_ok = ["https://", "http://", "file://"].iter().any(|s| url.starts_with(s));
+            let Some(url) = self.interp(&u.url, file) else {
+                continue;
+            };
+            let scheme_ok = ["https://", "http://", "file://"]
+                .iter()
+                .any(|s| url.starts_with(s));
             if !scheme_ok {
                 self.diags.push(
                     Diagnostic::new(format!("`{url}` is not an http(s) or file URL"))
-                        .at(file, u.url.span()),
+                        .at(file, u.url.span())
+                        .help("use an https:// URL, or file:// for a manifest on this machine"),
                 );
                 continue;
             }
             let sha256 = match &u.sha256 {
                 Some(s) => {
-                    let Some(text) = self.interp(s, file) else { continue };
-                    let hexpart = text.strip_prefix("sha256:").unwrap_or(&text).to_ascii_lowercase();
+                    let Some(text) = self.interp(s, file) else {
+                        continue;
+                    };
+                    let hexpart = text
+                        .strip_prefix("sha256:")
+                        .unwrap_or(&text)
+                        .to_ascii_lowercase();
                     if hexpart.len() != 64 || !hexpart.chars().all(|c| c.is_ascii_hexdigit()) {
                         self.diags.push(
                             Diagnostic::new(format!("`{text}` is not a sha256 digest"))
@@ -1077,7 +1185,11 @@ impl Analyzer<'_> {
             };
             urls.push(PinnedUrl { url, sha256 });
         }
-        let vars = if raw.template { self.all_vars() } else { BTreeMap::new() };
+        let vars = if raw.template {
+            self.all_vars()
+        } else {
+            BTreeMap::new()
+        };
         Some(Apply {
             namespace,
             objects,
@@ -1125,7 +1237,10 @@ impl Analyzer<'_> {
                 let field_manager = self.interp(manager, file)?;
                 let paths = self.manifest_paths(std::slice::from_ref(f), file, dir);
                 let objects = self.manifests(&paths, raw.template, (file, f.span()));
-                Some(Action::Patch(Patch { field_manager, objects }))
+                Some(Action::Patch(Patch {
+                    field_manager,
+                    objects,
+                }))
             }
             (None, Some(cm)) => {
                 let missing: Vec<&str> = [
@@ -1140,7 +1255,8 @@ impl Analyzer<'_> {
                 if !missing.is_empty() {
                     self.diags.push(
                         Diagnostic::new(format!("a ConfigMap patch also needs {}", missing.join(", ")))
-                            .at(file, cm.span()),
+                            .at(file, cm.span())
+                            .help("a ConfigMap patch merges `merge_file` into the YAML held in `key` of ConfigMap `namespace`/`configmap`"),
                     );
                     return None;
                 }
@@ -1153,49 +1269,70 @@ impl Analyzer<'_> {
                     Ok(t) => t,
                     Err(e) => {
                         self.diags.push(
-                            Diagnostic::new(format!("cannot read `{}`: {e}", crate::diag::display_path(&path)))
-                                .at(file, mf.span()),
+                            Diagnostic::new(format!(
+                                "cannot read `{}`: {e}",
+                                crate::diag::display_path(&path)
+                            ))
+                            .at(file, mf.span())
+                            .help("paths are relative to the plan file that names them"),
                         );
                         return None;
                     }
                 };
                 let mfile = self.sources.add(&path, text.clone());
-                let text = if raw.template { self.expand(&text, mfile, 0, &mut Vec::new())? } else { text };
+                let text = if raw.template {
+                    self.expand(&text, mfile, 0, &mut Vec::new())?
+                } else {
+                    text
+                };
                 let merge = match serde_saphyr::from_str::<serde_json::Value>(&text) {
                     Ok(v @ serde_json::Value::Object(_)) => v,
                     Ok(_) => {
                         self.diags.push(
-                            Diagnostic::new("the merge file must hold a YAML mapping").at(mfile, 0..1),
+                            Diagnostic::new("the merge file must hold a YAML mapping")
+                                .at(mfile, 0..1)
+                                .help("write the keys to merge, e.g. `external_services:` with the settings below it"),
                         );
                         return None;
                     }
                     Err(e) => {
-                        self.yaml_error(mfile, &text, &e);
+                        self.yaml_error(mfile, &e);
                         return None;
                     }
                 };
                 let mut restart = Vec::new();
                 for r in &raw.restart {
                     let text = self.interp(r, file)?;
-                    let text = text.strip_prefix("deployment/").unwrap_or(&text).to_string();
+                    let text = text
+                        .strip_prefix("deployment/")
+                        .unwrap_or(&text)
+                        .to_string();
                     restart.push(match text.split_once('/') {
                         Some((ns, name)) => (ns.to_string(), name.to_string()),
                         None => (namespace.clone(), text),
                     });
                 }
-                Some(Action::ConfigMerge(ConfigMerge { namespace, configmap, key, merge, restart }))
+                Some(Action::ConfigMerge(ConfigMerge {
+                    namespace,
+                    configmap,
+                    key,
+                    merge,
+                    restart,
+                }))
             }
             (Some(f), Some(_)) => {
                 self.diags.push(
                     Diagnostic::new("a patch has either `file` (server-side apply) or `configmap` (nested merge), not both")
-                        .at(file, f.span()),
+                        .at(file, f.span())
+                        .help("split it into two patch steps"),
                 );
                 None
             }
             (None, None) => {
                 self.diags.push(
                     Diagnostic::new("a patch needs `file` (with `field_manager`) or `configmap` (with `namespace`, `key`, `merge_file`)")
-                        .at(file, p.span()),
+                        .at(file, p.span())
+                        .help("e.g. file = \"manifests/istio/ingress-ports.yaml\" and field_manager = \"bookinfo-up-ports\""),
                 );
                 None
             }
@@ -1204,10 +1341,15 @@ impl Analyzer<'_> {
 
     fn wait(&mut self, w: &Spanned<RawWait>, file: FileId, dir: &Path) -> Option<Wait> {
         let raw = w.get_ref();
-        if raw.rollout.is_empty() && raw.pods.is_none() && raw.crds.is_empty() && raw.webhook_probe.is_none() {
+        if raw.rollout.is_empty()
+            && raw.pods.is_none()
+            && raw.crds.is_empty()
+            && raw.webhook_probe.is_none()
+        {
             self.diags.push(
                 Diagnostic::new("a wait step needs `rollout`, `pods`, `crds` or `webhook_probe`")
-                    .at(file, w.span()),
+                    .at(file, w.span())
+                    .help("e.g. rollout = [\"bookinfo/*\"] waits for every Deployment of namespace bookinfo"),
             );
             return None;
         }
@@ -1258,14 +1400,21 @@ impl Analyzer<'_> {
             }
             None => Vec::new(),
         };
-        Some(Wait { rollout, pods, crds, webhook_probe })
+        Some(Wait {
+            rollout,
+            pods,
+            crds,
+            webhook_probe,
+        })
     }
 
     fn url(&mut self, s: &S, file: FileId) -> Option<String> {
         let url = self.interp(s, file)?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             self.diags.push(
-                Diagnostic::new(format!("`{url}` is not an http(s) URL")).at(file, s.span()),
+                Diagnostic::new(format!("`{url}` is not an http(s) URL"))
+                    .at(file, s.span())
+                    .help("write the whole URL, e.g. \"http://127.0.0.1:666/productpage\""),
             );
             return None;
         }
@@ -1278,7 +1427,11 @@ impl Analyzer<'_> {
                 let text = self.interp(svc, file)?;
                 let parsed = text.split_once('/').and_then(|(ns, rest)| {
                     let (name, port) = rest.split_once(':')?;
-                    Some(ServiceRef { namespace: ns.to_string(), name: name.to_string(), port: port.parse().ok()? })
+                    Some(ServiceRef {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                        port: port.parse().ok()?,
+                    })
                 });
                 let Some(parsed) = parsed else {
                     self.diags.push(
@@ -1291,8 +1444,11 @@ impl Analyzer<'_> {
                 let path = self.interp(&h.url, file)?;
                 if !path.starts_with('/') {
                     self.diags.push(
-                        Diagnostic::new(format!("with `service`, `url` is a path starting with `/`, got `{path}`"))
-                            .at(file, h.url.span()),
+                        Diagnostic::new(format!(
+                            "with `service`, `url` is a path starting with `/`, got `{path}`"
+                        ))
+                        .at(file, h.url.span())
+                        .help("e.g. url = \"/api/v1/query?query=up\""),
                     );
                     return None;
                 }
@@ -1313,7 +1469,9 @@ impl Analyzer<'_> {
             variants.insert(k.clone(), self.interp(v, file)?);
         }
         let max_requests = match &h.max_requests {
-            Some(m) => self.num(m, file, "max_requests", 1, 100_000).map(|m| m as u32),
+            Some(m) => self
+                .num(m, file, "max_requests", 1, 100_000)
+                .map(|m| m as u32),
             None => Some(if variants.is_empty() { 1 } else { 60 }),
         };
         let deadline = match &h.deadline {
@@ -1333,12 +1491,18 @@ impl Analyzer<'_> {
 
     fn traffic(&mut self, t: &RawTraffic, file: FileId) -> Option<Traffic> {
         let url = self.url(&t.url, file);
-        let requests = self.num(&t.requests, file, "requests", 1, 1_000_000).map(|r| r as u32);
+        let requests = self
+            .num(&t.requests, file, "requests", 1, 1_000_000)
+            .map(|r| r as u32);
         let over = match &t.over {
             Some(d) => self.duration(d, file),
             None => Some(Duration::from_secs(60)),
         };
-        Some(Traffic { url: url?, requests: requests?, over: over? })
+        Some(Traffic {
+            url: url?,
+            requests: requests?,
+            over: over?,
+        })
     }
 
     fn exec(&mut self, e: &Spanned<RawExec>, file: FileId, dir: &Path) -> Option<Exec> {
@@ -1351,9 +1515,14 @@ impl Analyzer<'_> {
             );
             return None;
         }
-        let command: Option<Vec<String>> = raw.command.iter().map(|c| self.interp(c, file)).collect();
+        let command: Option<Vec<String>> =
+            raw.command.iter().map(|c| self.interp(c, file)).collect();
         let unless: Option<Vec<String>> = raw.unless.iter().map(|c| self.interp(c, file)).collect();
-        Some(Exec { command: command?, unless: unless?, dir: dir.to_path_buf() })
+        Some(Exec {
+            command: command?,
+            unless: unless?,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 
@@ -1365,7 +1534,8 @@ pub enum ManifestError {
 
 /// Parses a YAML stream into Kubernetes objects, skipping empty documents and unrolling `List`s.
 pub fn parse_objects(text: &str, source: &str) -> Result<Vec<Manifest>, ManifestError> {
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).map_err(ManifestError::Yaml)?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(ManifestError::Yaml)?;
     let mut out = Vec::new();
     for (index, doc) in docs.into_iter().enumerate() {
         if doc.is_null() {
@@ -1377,7 +1547,11 @@ pub fn parse_objects(text: &str, source: &str) -> Result<Vec<Manifest>, Manifest
                     Some("has no `apiVersion`")
                 } else if !o.get("kind").is_some_and(|v| v.is_string()) {
                     Some("has no `kind`")
-                } else if o.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k.ends_with("List")) {
+                } else if o
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .is_some_and(|k| k.ends_with("List"))
+                {
                     None
                 } else if !doc.pointer("/metadata/name").is_some_and(|v| v.is_string()) {
                     Some("has no `metadata.name`")
@@ -1388,59 +1562,115 @@ pub fn parse_objects(text: &str, source: &str) -> Result<Vec<Manifest>, Manifest
             _ => Some("is not a mapping"),
         };
         if let Some(problem) = problem {
-            return Err(ManifestError::NotAnObject { index, problem: problem.to_string() });
+            return Err(ManifestError::NotAnObject {
+                index,
+                problem: problem.to_string(),
+            });
         }
         if doc["kind"].as_str().is_some_and(|k| k.ends_with("List")) {
             for item in doc["items"].as_array().cloned().unwrap_or_default() {
-                out.push(Manifest { source: source.to_string(), object: item });
+                out.push(Manifest {
+                    source: source.to_string(),
+                    object: item,
+                });
             }
         } else {
-            out.push(Manifest { source: source.to_string(), object: doc });
+            out.push(Manifest {
+                source: source.to_string(),
+                object: doc,
+            });
         }
     }
     Ok(out)
 }
 
-/// Byte offset where the `index`-th document of a YAML stream starts (best effort).
+/// Byte offset of the first line of the `index`-th document of a YAML stream (best effort).
+/// Documents without content (only comments, or nothing between two `---`) are not counted,
+/// as the YAML parser drops them too.
 fn document_offset(text: &str, index: usize) -> usize {
-    let mut seen = 0;
+    let mut done = 0;
+    let mut in_document = false;
     let mut offset = 0;
-    let starts_with_marker = text.trim_start().starts_with("---");
     for line in text.split_inclusive('\n') {
-        if line.starts_with("---") {
-            if starts_with_marker && seen == 0 && offset == text.len() - text.trim_start().len() {
-                offset += line.len();
-                continue;
-            }
-            seen += 1;
-            if seen > index {
-                return offset + line.len().min(text.len() - offset);
-            }
+        let marker = line.starts_with("---") || line.starts_with("...");
+        let rest = if marker { &line[3..] } else { line };
+        if marker && in_document {
+            done += 1;
+            in_document = false;
         }
-        if seen == index && index == 0 && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            return offset;
+        let content = !rest.trim().is_empty() && !rest.trim_start().starts_with('#');
+        if content && !in_document {
+            if done == index {
+                return offset;
+            }
+            in_document = true;
         }
         offset += line.len();
     }
     0
 }
 
+/// Where a plan-wide problem about `[table]` is drawn: that table's header when the file has
+/// one, else the first line that is not blank or a comment.
+fn table_span(text: &str, table: &str) -> Range<usize> {
+    let header = format!("[{table}]");
+    let mut first = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let code = line.split('#').next().unwrap_or_default();
+        let start = offset + (code.len() - code.trim_start().len());
+        if code.trim() == header {
+            return start..start + header.len();
+        }
+        if first.is_none() && !code.trim().is_empty() {
+            first = Some(start..start + code.trim().len());
+        }
+        offset += line.len();
+    }
+    first.unwrap_or(0..0)
+}
+
+/// What a number of the plan is for, when it is out of range.
+fn range_help(what: &str, min: i64, max: i64) -> String {
+    match what {
+        "host_port" => "the port on 127.0.0.1 that kind publishes: 1 to 65535".to_string(),
+        "node_port" => "a NodePort, in Kubernetes' default range 30000 to 32767".to_string(),
+        "status" => "an HTTP status code, e.g. 200".to_string(),
+        _ => format!("use a whole number from {min} to {max}"),
+    }
+}
+
 fn toml_message(e: &toml::de::Error) -> String {
-    let m = e.message().trim_end_matches('\n').to_string();
-    m.lines().next().unwrap_or("invalid TOML").to_string()
+    let m = e.message().trim_end_matches('\n');
+    let first = m.lines().next().unwrap_or("invalid TOML");
+    // serde lists every key it expected; the help names the closest one instead, so the
+    // message only says which key is wrong.
+    let first = match first.split_once(", expected") {
+        Some((head, _)) if first.starts_with("unknown field") => head,
+        _ => first,
+    };
+    // Plan authors write numbers, not Rust integer types.
+    first.replace("expected u32", "expected a whole number")
 }
 
 fn toml_help(e: &toml::de::Error) -> String {
     let m = e.message();
-    if m.contains("unknown field") {
-        if let Some(expected) = m.split("expected ").nth(1) {
-            return format!("expected {}", expected.trim());
+    if let Some(rest) = m.strip_prefix("unknown field `") {
+        let (key, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        match did_you_mean(key, keys.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if keys.is_empty() => "remove the key".to_string(),
+            None => {
+                let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+                format!("expected one of {}", keys.join(", "))
+            }
         }
-        "remove the key".to_string()
+    } else if let Some(rest) = m.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        format!("add `{field} = ...` to this table; see docs/plan.md")
     } else if m.contains("invalid type") {
         "see docs/plan.md for the type each key takes".to_string()
-    } else if m.contains("missing field") {
-        "add the field; see docs/plan.md".to_string()
     } else {
         "fix the TOML syntax; see docs/plan.md".to_string()
     }
@@ -1469,18 +1699,23 @@ fn absolute(p: &Path) -> PathBuf {
 
 fn valid_id(id: &str) -> bool {
     id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn valid_var_name(n: &str) -> bool {
-    n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    n.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_dns_label(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !n.starts_with('-')
         && !n.ends_with('-')
 }

@@ -61,7 +61,10 @@ mod tests {
     #[test]
     fn independent_steps_share_a_wave() {
         let needs = vec![vec![], vec![], vec![0, 1], vec![0], vec![2, 3]];
-        assert_eq!(waves(&needs).unwrap(), vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert_eq!(
+            waves(&needs).unwrap(),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub fn preflight(kubeconfig: Option<&std::path::Path>) -> Vec<Problem> {
         Some(p) if p.is_file() => Vec::new(),
         Some(p) => vec![Problem {
             what: format!("kubeconfig `{}` does not exist", p.display()),
-            fix: "pass `--kubeconfig FILE`, set KUBECONFIG, or set `[cluster.existing] kubeconfig`".into(),
+            fix: "pass `--kubeconfig FILE`, set KUBECONFIG, or set `[cluster.existing] kubeconfig`"
+                .into(),
         }],
         None => vec![Problem {
             what: "no kubeconfig: HOME and KUBECONFIG are unset".into(),
@@ -29,9 +30,16 @@ pub fn preflight(kubeconfig: Option<&std::path::Path>) -> Vec<Problem> {
     }
 }
 
-pub fn access(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<Access, ProviderError> {
+pub fn access(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> Result<Access, ProviderError> {
     let kubeconfig = resolve(kubeconfig).ok_or_else(|| ProviderError::Tool {
         message: "no kubeconfig: pass `--kubeconfig FILE` or set KUBECONFIG".into(),
     })?;
-    Ok(Access { kubeconfig, context, managed: false })
+    Ok(Access {
+        kubeconfig,
+        context,
+        managed: false,
+    })
 }

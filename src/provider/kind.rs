@@ -17,7 +17,9 @@ pub const MIN_INOTIFY_INSTANCES: u64 = 512;
 
 /// The kind cluster configuration for the plan.
 pub fn render_config(node_image: &str, ports: &[PortMapping]) -> String {
-    let mut out = String::from("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n  - role: control-plane\n");
+    let mut out = String::from(
+        "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n  - role: control-plane\n",
+    );
     out.push_str(&format!("    image: {node_image}\n"));
     if !ports.is_empty() {
         out.push_str("    extraPortMappings:\n");
@@ -93,13 +95,19 @@ fn old_kind(version: &str) -> Option<Problem> {
 
 /// Docker (or Podman through kind's provider detection) must answer and have memory.
 async fn runtime_problems(min_memory: Option<u64>, cancel: &CancellationToken) -> Vec<Problem> {
-    let Some(runtime) = ["docker", "podman"].into_iter().find(|r| crate::process::which(r).is_some()) else {
+    let Some(runtime) = ["docker", "podman"]
+        .into_iter()
+        .find(|r| crate::process::which(r).is_some())
+    else {
         return vec![Problem {
             what: "no container runtime: neither `docker` nor `podman` is on PATH".into(),
             fix: "install Docker (https://docs.docker.com/engine/install/) and start it; or run the simulated plan `just sim`".into(),
         }];
     };
-    let out = Tool::new(runtime).args(["info", "--format", "{{json .MemTotal}}"]).run(cancel).await;
+    let out = Tool::new(runtime)
+        .args(["info", "--format", "{{json .MemTotal}}"])
+        .run(cancel)
+        .await;
     match out {
         Ok(o) if o.success => {
             let total: u64 = o.stdout.trim().parse().unwrap_or(0);
@@ -110,16 +118,26 @@ async fn runtime_problems(min_memory: Option<u64>, cancel: &CancellationToken) -
                         total as f64 / (1u64 << 30) as f64,
                         min as f64 / (1u64 << 30) as f64
                     ),
-                    fix: format!("give {runtime} more memory (Docker Desktop: Settings → Resources)"),
+                    fix: format!(
+                        "give {runtime} more memory (Docker Desktop: Settings → Resources)"
+                    ),
                 }],
                 _ => Vec::new(),
             }
         }
         Ok(o) => vec![Problem {
-            what: format!("the container runtime is not running: `{runtime} info` failed: {}", first_line(&o.tail(3))),
-            fix: format!("start it (`sudo systemctl start {runtime}`, or open Docker Desktop) and check `{runtime} info`"),
+            what: format!(
+                "the container runtime is not running: `{runtime} info` failed: {}",
+                first_line(&o.tail(3))
+            ),
+            fix: format!(
+                "start it (`sudo systemctl start {runtime}`, or open Docker Desktop) and check `{runtime} info`"
+            ),
         }],
-        Err(e) => vec![Problem { what: format!("cannot run `{runtime} info`: {e}"), fix: format!("check the `{runtime}` installation") }],
+        Err(e) => vec![Problem {
+            what: format!("cannot run `{runtime} info`: {e}"),
+            fix: format!("check the `{runtime}` installation"),
+        }],
     }
 }
 
@@ -149,9 +167,15 @@ pub fn inotify_problems(watches: Option<u64>, instances: Option<u64>) -> Vec<Pro
 }
 
 pub async fn exists(name: &str, cancel: &CancellationToken) -> Result<bool, ProviderError> {
-    let out = Tool::new("kind").args(["get", "clusters"]).run(cancel).await.map_err(tool)?;
+    let out = Tool::new("kind")
+        .args(["get", "clusters"])
+        .run(cancel)
+        .await
+        .map_err(tool)?;
     if !out.success {
-        return Err(ProviderError::Tool { message: format!("kind get clusters failed:\n{}", out.tail(10)) });
+        return Err(ProviderError::Tool {
+            message: format!("kind get clusters failed:\n{}", out.tail(10)),
+        });
     }
     Ok(out.stdout.lines().any(|l| l.trim() == name))
 }
@@ -170,25 +194,46 @@ pub async fn ensure(
     let kubeconfig = dir.join("kubeconfig");
     if exists(name, cancel).await? {
         progress(format!("kind cluster `{name}` exists"));
-        let out = Tool::new("kind").args(["get", "kubeconfig", "--name", name]).run(cancel).await.map_err(tool)?;
+        let out = Tool::new("kind")
+            .args(["get", "kubeconfig", "--name", name])
+            .run(cancel)
+            .await
+            .map_err(tool)?;
         if !out.success {
-            return Err(ProviderError::Tool { message: format!("kind get kubeconfig failed:\n{}", out.tail(10)) });
+            return Err(ProviderError::Tool {
+                message: format!("kind get kubeconfig failed:\n{}", out.tail(10)),
+            });
         }
-        std::fs::write(&kubeconfig, out.stdout)
-            .map_err(|e| ProviderError::Tool { message: format!("cannot write `{}`: {e}", kubeconfig.display()) })?;
+        std::fs::write(&kubeconfig, out.stdout).map_err(|e| ProviderError::Tool {
+            message: format!("cannot write `{}`: {e}", kubeconfig.display()),
+        })?;
     } else {
-        std::fs::write(dir.join("kind.yaml"), render_config(node_image, ports))
-            .map_err(|e| ProviderError::Tool { message: format!("cannot write the kind config: {e}") })?;
+        std::fs::write(dir.join("kind.yaml"), render_config(node_image, ports)).map_err(|e| {
+            ProviderError::Tool {
+                message: format!("cannot write the kind config: {e}"),
+            }
+        })?;
         progress(format!("creating kind cluster `{name}` ({node_image})"));
         let out = create_command(name, dir).run(cancel).await.map_err(tool)?;
         if !out.success {
-            return Err(ProviderError::Tool { message: format!("kind create cluster {name} failed:\n{}", out.tail(20)) });
+            return Err(ProviderError::Tool {
+                message: format!("kind create cluster {name} failed:\n{}", out.tail(20)),
+            });
         }
     }
-    Ok(Access { kubeconfig, context: Some(format!("kind-{name}")), managed: true })
+    Ok(Access {
+        kubeconfig,
+        context: Some(format!("kind-{name}")),
+        managed: true,
+    })
 }
 
-pub async fn delete(name: &str, dir: &Path, progress: &dyn Fn(String), cancel: &CancellationToken) -> Result<bool, ProviderError> {
+pub async fn delete(
+    name: &str,
+    dir: &Path,
+    progress: &dyn Fn(String),
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
     if !exists(name, cancel).await? {
         return Ok(false);
     }
@@ -200,7 +245,9 @@ pub async fn delete(name: &str, dir: &Path, progress: &dyn Fn(String), cancel: &
         .await
         .map_err(tool)?;
     if !out.success {
-        return Err(ProviderError::Tool { message: format!("kind delete cluster {name} failed:\n{}", out.tail(10)) });
+        return Err(ProviderError::Tool {
+            message: format!("kind delete cluster {name} failed:\n{}", out.tail(10)),
+        });
     }
     Ok(true)
 }
@@ -209,9 +256,13 @@ fn tool(e: ToolError) -> ProviderError {
     match e {
         ToolError::Cancelled { .. } => ProviderError::Cancelled,
         ToolError::NotFound { .. } => ProviderError::Tool {
-            message: format!("{e}: install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"),
+            message: format!(
+                "{e}: install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
+            ),
         },
-        other => ProviderError::Tool { message: other.to_string() },
+        other => ProviderError::Tool {
+            message: other.to_string(),
+        },
     }
 }
 
@@ -223,7 +274,16 @@ mod tests {
     fn config_maps_node_ports_on_loopback() {
         let cfg = render_config(
             "kindest/node:v1.34.11@sha256:44e2",
-            &[PortMapping { host_port: 666, node_port: 30666 }, PortMapping { host_port: 15029, node_port: 31029 }],
+            &[
+                PortMapping {
+                    host_port: 666,
+                    node_port: 30666,
+                },
+                PortMapping {
+                    host_port: 15029,
+                    node_port: 31029,
+                },
+            ],
         );
         insta::assert_snapshot!(cfg);
     }

@@ -18,7 +18,10 @@ use crate::process::{Tool, ToolError};
 /// Binaries kwokctl needs for the binary runtime, by the flag that names each.
 pub const BINARIES: &[(&str, &str)] = &[
     ("kube-apiserver", "--kube-apiserver-binary"),
-    ("kube-controller-manager", "--kube-controller-manager-binary"),
+    (
+        "kube-controller-manager",
+        "--kube-controller-manager-binary",
+    ),
     ("kube-scheduler", "--kube-scheduler-binary"),
     ("kwok", "--kwok-controller-binary"),
     ("etcd", "--etcd-binary"),
@@ -69,7 +72,16 @@ fn kwokctl(dir: &Path) -> Tool {
 /// The `kwokctl create cluster` command line for a spec.
 pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
     let mut t = kwokctl(dir)
-        .args(["create", "cluster", "--name", spec.name, "--runtime", "binary", "--wait", "120s"])
+        .args([
+            "create",
+            "cluster",
+            "--name",
+            spec.name,
+            "--runtime",
+            "binary",
+            "--wait",
+            "120s",
+        ])
         .arg("--kubeconfig")
         .arg(dir.join("kubeconfig"));
     if let Some(b) = spec.binaries {
@@ -78,7 +90,7 @@ pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
         }
     }
     if let Some(v) = spec.kube_version {
-        t = t.args(["--kube-version", v]);
+        t = t.env("KWOK_KUBE_VERSION", v);
     }
     for a in spec.apiserver_args {
         t = t.arg("--extra-args").arg(format!("kube-apiserver={a}"));
@@ -86,10 +98,20 @@ pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
     t
 }
 
-pub async fn exists(name: &str, dir: &Path, cancel: &CancellationToken) -> Result<bool, ProviderError> {
-    let out = kwokctl(dir).args(["get", "clusters"]).run(cancel).await.map_err(tool)?;
+pub async fn exists(
+    name: &str,
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
+    let out = kwokctl(dir)
+        .args(["get", "clusters"])
+        .run(cancel)
+        .await
+        .map_err(tool)?;
     if !out.success {
-        return Err(ProviderError::Tool { message: format!("kwokctl get clusters failed:\n{}", out.tail(10)) });
+        return Err(ProviderError::Tool {
+            message: format!("kwokctl get clusters failed:\n{}", out.tail(10)),
+        });
     }
     Ok(out.stdout.lines().any(|l| l.trim() == name))
 }
@@ -107,23 +129,43 @@ pub async fn ensure(
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
         // Started again after a reboot or a kill: `start` is a no-op on a running cluster.
-        let out = kwokctl(dir).args(["start", "cluster", "--name", spec.name, "--wait", "120s"]).run(cancel).await.map_err(tool)?;
+        let out = kwokctl(dir)
+            .args(["start", "cluster", "--name", spec.name, "--wait", "120s"])
+            .run(cancel)
+            .await
+            .map_err(tool)?;
         if !out.success {
-            return Err(ProviderError::Tool { message: format!("kwokctl start cluster {} failed:\n{}", spec.name, out.tail(15)) });
+            return Err(ProviderError::Tool {
+                message: format!(
+                    "kwokctl start cluster {} failed:\n{}",
+                    spec.name,
+                    out.tail(15)
+                ),
+            });
         }
     } else {
         progress(format!("creating kwok cluster `{}`", spec.name));
         let out = create_command(spec, dir).run(cancel).await.map_err(tool)?;
         if !out.success {
             return Err(ProviderError::Tool {
-                message: format!("kwokctl create cluster {} failed:\n{}", spec.name, out.tail(20)),
+                message: format!(
+                    "kwokctl create cluster {} failed:\n{}",
+                    spec.name,
+                    out.tail(20)
+                ),
             });
         }
     }
     if !kubeconfig.is_file() {
-        let out = kwokctl(dir).args(["get", "kubeconfig", "--name", spec.name]).run(cancel).await.map_err(tool)?;
+        let out = kwokctl(dir)
+            .args(["get", "kubeconfig", "--name", spec.name])
+            .run(cancel)
+            .await
+            .map_err(tool)?;
         if !out.success {
-            return Err(ProviderError::Tool { message: format!("kwokctl get kubeconfig failed:\n{}", out.tail(10)) });
+            return Err(ProviderError::Tool {
+                message: format!("kwokctl get kubeconfig failed:\n{}", out.tail(10)),
+            });
         }
         std::fs::write(&kubeconfig, out.stdout).map_err(|e| ProviderError::Tool {
             message: format!("cannot write `{}`: {e}", kubeconfig.display()),
@@ -131,7 +173,11 @@ pub async fn ensure(
     }
     let kube = Kube::connect(&kubeconfig, None).await?;
     ensure_nodes(&kube, spec.nodes).await?;
-    Ok(Access { kubeconfig, context: None, managed: true })
+    Ok(Access {
+        kubeconfig,
+        context: None,
+        managed: true,
+    })
 }
 
 /// Fake nodes that kwok manages, without taints so every pod can be scheduled.
@@ -139,13 +185,22 @@ async fn ensure_nodes(kube: &Kube, count: u32) -> Result<(), ProviderError> {
     let api: kube::Api<Node> = kube::Api::all(kube.client.clone());
     for i in 0..count {
         let name = format!("kwok-node-{i}");
-        if api.get_opt(&name).await.map_err(crate::error::StepError::from)?.is_some() {
+        if api
+            .get_opt(&name)
+            .await
+            .map_err(crate::error::StepError::from)?
+            .is_some()
+        {
             continue;
         }
         let node: Node = serde_json::from_value(node_manifest(&name)).expect("a valid Node");
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
-            .await
-            .map_err(crate::error::StepError::from)?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&node),
+        )
+        .await
+        .map_err(crate::error::StepError::from)?;
     }
     Ok(())
 }
@@ -174,14 +229,25 @@ pub fn node_manifest(name: &str) -> serde_json::Value {
     })
 }
 
-pub async fn delete(name: &str, dir: &Path, progress: &dyn Fn(String), cancel: &CancellationToken) -> Result<bool, ProviderError> {
+pub async fn delete(
+    name: &str,
+    dir: &Path,
+    progress: &dyn Fn(String),
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
     if !exists(name, dir, cancel).await? {
         return Ok(false);
     }
     progress(format!("deleting kwok cluster `{name}`"));
-    let out = kwokctl(dir).args(["delete", "cluster", "--name", name]).run(cancel).await.map_err(tool)?;
+    let out = kwokctl(dir)
+        .args(["delete", "cluster", "--name", name])
+        .run(cancel)
+        .await
+        .map_err(tool)?;
     if !out.success {
-        return Err(ProviderError::Tool { message: format!("kwokctl delete cluster {name} failed:\n{}", out.tail(15)) });
+        return Err(ProviderError::Tool {
+            message: format!("kwokctl delete cluster {name} failed:\n{}", out.tail(15)),
+        });
     }
     let _ = std::fs::remove_file(dir.join("kubeconfig"));
     Ok(true)
@@ -190,7 +256,9 @@ pub async fn delete(name: &str, dir: &Path, progress: &dyn Fn(String), cancel: &
 fn tool(e: ToolError) -> ProviderError {
     match e {
         ToolError::Cancelled { .. } => ProviderError::Cancelled,
-        other => ProviderError::Tool { message: other.to_string() },
+        other => ProviderError::Tool {
+            message: other.to_string(),
+        },
     }
 }
 

@@ -44,8 +44,14 @@ pub enum ProviderError {
     #[error("{message}")]
     Tool { message: String },
     /// The cluster belongs to another plan.
-    #[error("cluster `{cluster}` was created by plan `{owner}`, not `{plan}`: refusing to touch it")]
-    NotOurs { cluster: String, owner: String, plan: String },
+    #[error(
+        "cluster `{cluster}` was created by plan `{owner}`, not `{plan}`: refusing to touch it"
+    )]
+    NotOurs {
+        cluster: String,
+        owner: String,
+        plan: String,
+    },
     #[error("the run was cancelled")]
     Cancelled,
     #[error("{0}")]
@@ -71,7 +77,9 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("bookinfo-up");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/bookinfo-up")
 }
 
@@ -79,7 +87,10 @@ pub fn default_state_dir() -> PathBuf {
 pub fn effective(plan: &Plan, o: &Overrides) -> Provider {
     if o.kubeconfig.is_some() || o.context.is_some() {
         let (kubeconfig, context) = match &plan.cluster.provider {
-            Provider::Existing { kubeconfig, context } => (kubeconfig.clone(), context.clone()),
+            Provider::Existing {
+                kubeconfig,
+                context,
+            } => (kubeconfig.clone(), context.clone()),
             _ => (None, None),
         };
         return Provider::Existing {
@@ -96,16 +107,25 @@ pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
 }
 
 /// Checks preconditions before anything is created.
-pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Result<(), ProviderError> {
+pub async fn preflight(
+    plan: &Plan,
+    o: &Overrides,
+    cancel: &CancellationToken,
+) -> Result<(), ProviderError> {
     let problems = match effective(plan, o) {
-        Provider::Kind { port_mappings, min_memory_bytes, .. } => {
-            kind::preflight(&port_mappings, min_memory_bytes, &plan.cluster.name, cancel).await
-        }
+        Provider::Kind {
+            port_mappings,
+            min_memory_bytes,
+            ..
+        } => kind::preflight(&port_mappings, min_memory_bytes, &plan.cluster.name, cancel).await,
         Provider::Kwok { binaries, .. } => kwok::preflight(binaries.as_deref()),
         Provider::Existing { kubeconfig, .. } => existing::preflight(kubeconfig.as_deref()),
     };
     let mut problems = problems;
-    if plan.steps.iter().any(|s| matches!(s.action, crate::plan::Action::Helm(_)))
+    if plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, crate::plan::Action::Helm(_)))
         && crate::process::which("helm").is_none()
     {
         problems.push(Problem {
@@ -113,7 +133,11 @@ pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -
             fix: "install Helm 3 (https://helm.sh/docs/intro/install/), or `eval \"$(just testbed-env)\"` here".into(),
         });
     }
-    if problems.is_empty() { Ok(()) } else { Err(ProviderError::Preflight(problems)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ProviderError::Preflight(problems))
+    }
 }
 
 /// Makes sure the cluster exists and returns how to reach it.
@@ -125,10 +149,27 @@ pub async fn ensure(
 ) -> Result<Access, ProviderError> {
     let dir = cluster_dir(plan, o);
     match effective(plan, o) {
-        Provider::Kind { node_image, port_mappings, .. } => {
-            kind::ensure(&plan.cluster.name, &node_image, &port_mappings, &dir, progress, cancel).await
+        Provider::Kind {
+            node_image,
+            port_mappings,
+            ..
+        } => {
+            kind::ensure(
+                &plan.cluster.name,
+                &node_image,
+                &port_mappings,
+                &dir,
+                progress,
+                cancel,
+            )
+            .await
         }
-        Provider::Kwok { nodes, binaries, apiserver_args, kube_version } => {
+        Provider::Kwok {
+            nodes,
+            binaries,
+            apiserver_args,
+            kube_version,
+        } => {
             let spec = kwok::Spec {
                 name: &plan.cluster.name,
                 nodes,
@@ -138,15 +179,24 @@ pub async fn ensure(
             };
             kwok::ensure(&spec, &dir, progress, cancel).await
         }
-        Provider::Existing { kubeconfig, context } => existing::access(kubeconfig, context),
+        Provider::Existing {
+            kubeconfig,
+            context,
+        } => existing::access(kubeconfig, context),
     }
 }
 
 /// Whether the cluster exists now (for `down`), without creating anything.
-pub async fn exists(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Result<bool, ProviderError> {
+pub async fn exists(
+    plan: &Plan,
+    o: &Overrides,
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
     match effective(plan, o) {
         Provider::Kind { .. } => kind::exists(&plan.cluster.name, cancel).await,
-        Provider::Kwok { .. } => kwok::exists(&plan.cluster.name, &cluster_dir(plan, o), cancel).await,
+        Provider::Kwok { .. } => {
+            kwok::exists(&plan.cluster.name, &cluster_dir(plan, o), cancel).await
+        }
         Provider::Existing { .. } => Ok(true),
     }
 }
@@ -154,13 +204,25 @@ pub async fn exists(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> R
 /// How to reach an existing cluster for `down`.
 pub fn access_for_down(plan: &Plan, o: &Overrides) -> Result<Access, ProviderError> {
     match effective(plan, o) {
-        Provider::Existing { kubeconfig, context } => existing::access(kubeconfig, context),
-        _ => Ok(Access { kubeconfig: cluster_dir(plan, o).join("kubeconfig"), context: None, managed: true }),
+        Provider::Existing {
+            kubeconfig,
+            context,
+        } => existing::access(kubeconfig, context),
+        _ => Ok(Access {
+            kubeconfig: cluster_dir(plan, o).join("kubeconfig"),
+            context: None,
+            managed: true,
+        }),
     }
 }
 
 /// Deletes a cluster the engine created.
-pub async fn delete(plan: &Plan, o: &Overrides, progress: &dyn Fn(String), cancel: &CancellationToken) -> Result<bool, ProviderError> {
+pub async fn delete(
+    plan: &Plan,
+    o: &Overrides,
+    progress: &dyn Fn(String),
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
     let dir = cluster_dir(plan, o);
     match effective(plan, o) {
         Provider::Kind { .. } => kind::delete(&plan.cluster.name, &dir, progress, cancel).await,
@@ -179,20 +241,36 @@ pub async fn mark_owner(kube: &Kube, plan: &str) -> Result<(), ProviderError> {
     }))
     .expect("a valid ConfigMap");
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
-    let existing = api.get_opt(OWNER_MARKER).await.map_err(crate::error::StepError::from)?;
-    if existing.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get("plan")).map(String::as_str) == Some(plan) {
-        return Ok(());
-    }
-    api.patch(OWNER_MARKER, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm))
+    let existing = api
+        .get_opt(OWNER_MARKER)
         .await
         .map_err(crate::error::StepError::from)?;
+    if existing
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("plan"))
+        .map(String::as_str)
+        == Some(plan)
+    {
+        return Ok(());
+    }
+    api.patch(
+        OWNER_MARKER,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map_err(crate::error::StepError::from)?;
     Ok(())
 }
 
 /// The plan named by the cluster's owner marker, if any.
 pub async fn owner(kube: &Kube) -> Result<Option<String>, ProviderError> {
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
-    let cm = api.get_opt(OWNER_MARKER).await.map_err(crate::error::StepError::from)?;
+    let cm = api
+        .get_opt(OWNER_MARKER)
+        .await
+        .map_err(crate::error::StepError::from)?;
     Ok(cm.and_then(|c| c.data).and_then(|d| d.get("plan").cloned()))
 }
 

@@ -49,22 +49,22 @@ pub fn status_line(id: &str, kind: &str, elapsed: Duration, message: &str, width
 }
 
 /// One line (or, for a failure, a few) for a step that has finished: a marker, then the
-/// status line with the outcome's summary. A failure's further causes follow, indented.
+/// status line with the outcome's summary, cut to `width`. A failure is never cut: its first
+/// line follows the number of attempts when there were several, and its further causes
+/// follow indented.
 pub fn finished_line(step: &StepReport, width: usize, color: bool) -> String {
     let mut detail = first_line(step.outcome.detail());
-    if step.attempts > 1 {
-        detail = format!("{detail} (after {} attempts)", step.attempts);
+    let mut width = width.saturating_sub(2);
+    if let Outcome::Failed { .. } = step.outcome {
+        width = usize::MAX;
+        if step.attempts > 1 {
+            detail = format!("after {} attempts: {detail}", step.attempts);
+        }
     }
     let mut out = format!(
         "{} {}",
         paint(marker(&step.outcome), outcome_style(&step.outcome), color),
-        status_line(
-            &step.id,
-            &step.kind,
-            step.elapsed,
-            &detail,
-            width.saturating_sub(2)
-        )
+        status_line(&step.id, &step.kind, step.elapsed, &detail, width)
     );
     if let Outcome::Failed { cause } = &step.outcome {
         for line in sanitize(cause)
@@ -73,7 +73,7 @@ pub fn finished_line(step: &StepReport, width: usize, color: bool) -> String {
             .skip(1)
         {
             out.push_str("\n    ");
-            out.push_str(line.trim_end());
+            out.push_str(line.trim());
         }
     }
     out
@@ -210,7 +210,7 @@ pub(crate) fn sanitize(text: &str) -> String {
             '\u{1b}' => {
                 // CSI sequences end at a byte in 0x40..=0x7e; other escapes are two characters.
                 if chars.next_if_eq(&'[').is_some() {
-                    while let Some(c) = chars.next() {
+                    for c in chars.by_ref() {
                         if ('\u{40}'..='\u{7e}').contains(&c) {
                             break;
                         }

@@ -166,7 +166,7 @@ impl Reporter for TtyReporter {
                     String::new()
                 };
                 if self.verbose > 0 {
-                    self.print(&self.dim(&format!("  {id}: started {message}").trim_end()));
+                    self.print(&self.dim(format!("  {id}: started {message}").trim_end()));
                 }
                 match self.running.get_mut(id) {
                     // A retry keeps its line and the time since the first attempt.
@@ -311,7 +311,7 @@ mod tests {
         let term = Lines::default();
         let opts = ReportOptions {
             kind: ReporterKind::Tty,
-            quiet: true,
+            quiet: false,
             verbose: 1,
             color: false,
             output_json: false,
@@ -320,7 +320,6 @@ mod tests {
         let target = ProgressDrawTarget::term_like(Box::new(term.clone()));
         let mut reporter = TtyReporter::with_target(&opts, target, Some(100));
         let report = sample_report();
-        reporter.quiet = false;
         reporter.event(&Event::Phase {
             name: "cluster".into(),
             message: "creating kind cluster bookinfo".into(),
@@ -349,6 +348,7 @@ mod tests {
             reporter.event(&Event::StepFinished(step.clone()));
         }
         assert!(reporter.running.is_empty());
+        // The final table goes to stderr, not to the test terminal; it has its own snapshot.
         reporter.quiet = true;
         reporter.finish(Some(&report));
 

@@ -34,17 +34,30 @@ impl StepCtx {
         cache_dir: PathBuf,
         artifacts: PathBuf,
     ) -> Self {
-        Self { id: id.into(), plan_name: plan_name.into(), kube, events, cancel, cache_dir, artifacts }
+        Self {
+            id: id.into(),
+            plan_name: plan_name.into(),
+            kube,
+            events,
+            cancel,
+            cache_dir,
+            artifacts,
+        }
     }
 
     /// The cluster connection; steps that need one call this.
     pub fn kube(&self) -> StepResult<&Kube> {
-        self.kube.as_deref().ok_or_else(|| StepError::fatal("this step needs a cluster connection"))
+        self.kube
+            .as_deref()
+            .ok_or_else(|| StepError::fatal("this step needs a cluster connection"))
     }
 
     /// Tells reporters what the step is doing now.
     pub fn progress(&self, message: impl Into<String>) {
-        let _ = self.events.send(Event::StepProgress { id: self.id.clone(), message: message.into() });
+        let _ = self.events.send(Event::StepProgress {
+            id: self.id.clone(),
+            message: message.into(),
+        });
     }
 
     /// A sender for events, for work the step hands to other tasks.

@@ -69,7 +69,10 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn count(&self, label: &str) -> usize {
-        self.steps.iter().filter(|s| s.outcome.label() == label).count()
+        self.steps
+            .iter()
+            .filter(|s| s.outcome.label() == label)
+            .count()
     }
 
     pub fn success(&self) -> bool {

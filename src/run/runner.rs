@@ -54,7 +54,13 @@ impl Runner {
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Self {
-        Self { plan, kube, opts, events, cancel }
+        Self {
+            plan,
+            kube,
+            opts,
+            events,
+            cancel,
+        }
     }
 
     /// Runs the steps and returns their reports in plan order.
@@ -81,14 +87,23 @@ impl Runner {
 
         // Steps left out by --only / --skip count as done for their dependents.
         for (i, s) in steps.iter().enumerate() {
-            let excluded = (!self.opts.only.is_empty() && !self.opts.only.contains(&s.id)) || self.opts.skip.contains(&s.id);
+            let excluded = (!self.opts.only.is_empty() && !self.opts.only.contains(&s.id))
+                || self.opts.skip.contains(&s.id);
             if excluded {
-                let reason = if self.opts.skip.contains(&s.id) { "left out by --skip" } else { "not selected by --only" };
-                let outcome = Outcome::Skipped { reason: reason.into() };
+                let reason = if self.opts.skip.contains(&s.id) {
+                    "left out by --skip"
+                } else {
+                    "not selected by --only"
+                };
+                let outcome = Outcome::Skipped {
+                    reason: reason.into(),
+                };
                 let r = report(s, outcome.clone(), Duration::ZERO, 0);
                 let _ = self.events.send(Event::StepFinished(r.clone()));
                 reports.insert(i, r);
-                state[i] = State::Done(Outcome::Unchanged { summary: String::new() });
+                state[i] = State::Done(Outcome::Unchanged {
+                    summary: String::new(),
+                });
             }
         }
 
@@ -102,7 +117,10 @@ impl Runner {
                         continue;
                     }
                     let blocked = deps[i].iter().find(|&&d| {
-                        matches!(&state[d], State::Done(Outcome::Failed { .. } | Outcome::Skipped { .. }))
+                        matches!(
+                            &state[d],
+                            State::Done(Outcome::Failed { .. } | Outcome::Skipped { .. })
+                        )
                     });
                     let stopping = self.cancel.is_cancelled() || stop.is_cancelled();
                     if blocked.is_some() || stopping {
@@ -114,7 +132,11 @@ impl Runner {
                                     State::Done(Outcome::Failed { .. }) => "failed",
                                     _ => "did not run",
                                 };
-                                let rel = if self.opts.reverse { "is needed by" } else { "needs" };
+                                let rel = if self.opts.reverse {
+                                    "is needed by"
+                                } else {
+                                    "needs"
+                                };
                                 format!("{rel} `{}`, which {what}", steps[d].id)
                             }
                             None => unreachable!("blocked or stopping"),
@@ -142,18 +164,35 @@ impl Runner {
                         );
                         let reverse = self.opts.reverse;
                         let cancel = self.cancel.clone();
-                        tasks.spawn(async move { (i, attempt_loop(step, ctx, reverse, cancel).await) });
+                        tasks.spawn(
+                            async move { (i, attempt_loop(step, ctx, reverse, cancel).await) },
+                        );
                         progressed = true;
                     }
                 }
             }
-            let Some(joined) = tasks.join_next().await else { break };
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
             let (i, r) = match joined {
                 Ok(x) => x,
                 Err(e) => {
                     // A panicking step is a bug; report it as that step's failure.
-                    let i = state.iter().position(|s| matches!(s, State::Running)).unwrap_or(0);
-                    (i, report(&steps[i], Outcome::Failed { cause: format!("the step panicked: {e}") }, Duration::ZERO, 1))
+                    let i = state
+                        .iter()
+                        .position(|s| matches!(s, State::Running))
+                        .unwrap_or(0);
+                    (
+                        i,
+                        report(
+                            &steps[i],
+                            Outcome::Failed {
+                                cause: format!("the step panicked: {e}"),
+                            },
+                            Duration::ZERO,
+                            1,
+                        ),
+                    )
                 }
             };
             if matches!(r.outcome, Outcome::Failed { .. }) && self.opts.fail_fast {
@@ -181,15 +220,28 @@ fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> St
 }
 
 /// Runs a step with its timeout and retries, and turns the result into a report.
-async fn attempt_loop(step: Step, ctx: StepCtx, reverse: bool, run_cancel: CancellationToken) -> StepReport {
+async fn attempt_loop(
+    step: Step,
+    ctx: StepCtx,
+    reverse: bool,
+    run_cancel: CancellationToken,
+) -> StepReport {
     let start = Instant::now();
     let mut delay = step.backoff;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let _ = ctx.events().send(Event::StepStarted { id: step.id.clone(), kind: step.kind().into(), attempt });
+        let _ = ctx.events().send(Event::StepStarted {
+            id: step.id.clone(),
+            kind: step.kind().into(),
+            attempt,
+        });
         let work = async {
-            if reverse { crate::steps::teardown(&step, &ctx).await } else { crate::steps::run(&step, &ctx).await }
+            if reverse {
+                crate::steps::teardown(&step, &ctx).await
+            } else {
+                crate::steps::run(&step, &ctx).await
+            }
         };
         let result = tokio::select! {
             r = tokio::time::timeout(step.timeout, work) => match r {
@@ -220,7 +272,14 @@ async fn attempt_loop(step: Step, ctx: StepCtx, reverse: bool, run_cancel: Cance
             }
             Err(e) => {
                 if ctx.cancel.is_cancelled() {
-                    return report(&step, Outcome::Skipped { reason: "cancelled while running".into() }, start.elapsed(), attempt);
+                    return report(
+                        &step,
+                        Outcome::Skipped {
+                            reason: "cancelled while running".into(),
+                        },
+                        start.elapsed(),
+                        attempt,
+                    );
                 }
                 let mut cause = e.chain();
                 if let Some(dir) = collect_artifacts(&step, &ctx).await {
@@ -237,7 +296,11 @@ async fn timed_out(step: &Step, ctx: &StepCtx) -> StepError {
     let limit = humantime::format_duration(step.timeout);
     let mut message = format!("step `{}` timed out after {limit}", step.id);
     if let (Action::Wait(w), Ok(kube)) = (&step.action, ctx.kube()) {
-        let why = tokio::time::timeout(Duration::from_secs(10), crate::steps::wait::explain(w, kube)).await;
+        let why = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::steps::wait::explain(w, kube),
+        )
+        .await;
         if let Ok(why) = why {
             message.push_str(":\n");
             message.push_str(&why);
@@ -299,15 +362,27 @@ async fn collect_artifacts(step: &Step, ctx: &StepCtx) -> Option<PathBuf> {
 }
 
 /// Builds the final report of a run.
-pub fn finish(plan: &Plan, command: &str, steps: Vec<StepReport>, started: Instant, cancelled: bool) -> RunReport {
+pub fn finish(
+    plan: &Plan,
+    command: &str,
+    steps: Vec<StepReport>,
+    started: Instant,
+    cancelled: bool,
+) -> RunReport {
     let artifacts = steps
         .iter()
         .find_map(|s| match &s.outcome {
-            Outcome::Failed { cause } => cause.lines().find_map(|l| l.strip_prefix("diagnostics: ")).map(str::to_string),
+            Outcome::Failed { cause } => cause
+                .lines()
+                .find_map(|l| l.strip_prefix("diagnostics: "))
+                .map(str::to_string),
             _ => None,
         })
         .map(|p| {
-            std::path::Path::new(&p).parent().map(|d| d.display().to_string()).unwrap_or(p)
+            std::path::Path::new(&p)
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or(p)
         });
     RunReport {
         plan: plan.name.clone(),

@@ -13,9 +13,9 @@ use kube::runtime::wait::await_condition;
 use serde_json::Value;
 
 use crate::error::{StepError, StepResult};
+use crate::kube::Kube;
 use crate::kube::apply::{ApplyOutcome, DeleteOutcome, Located, Owner};
 use crate::kube::readiness::{self, Readiness};
-use crate::kube::Kube;
 use crate::plan::model::{self, Manifest};
 use crate::run::{Outcome, StepCtx};
 use crate::steps::object_name;
@@ -46,20 +46,45 @@ fn tier(object: &Value) -> Tier {
 pub async fn run(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
     if a.objects.is_empty() {
-        return Err(StepError::fatal("nothing to apply: the step's manifests hold no objects"));
+        return Err(StepError::fatal(
+            "nothing to apply: the step's manifests hold no objects",
+        ));
     }
     let default_namespace = a.namespace.as_deref().unwrap_or("default");
-    let owner = Owner { plan: &ctx.plan_name, step: &ctx.id };
-    let applier = Applier { kube, ctx, owner, default_namespace, total: a.objects.len(), done: AtomicUsize::new(0) };
+    let owner = Owner {
+        plan: &ctx.plan_name,
+        step: &ctx.id,
+    };
+    let applier = Applier {
+        kube,
+        ctx,
+        owner,
+        default_namespace,
+        total: a.objects.len(),
+        done: AtomicUsize::new(0),
+    };
 
-    let (first, rest): (Vec<&Manifest>, Vec<&Manifest>) =
-        a.objects.iter().partition(|m| tier(&m.object) != Tier::Other);
+    let (first, rest): (Vec<&Manifest>, Vec<&Manifest>) = a
+        .objects
+        .iter()
+        .partition(|m| tier(&m.object) != Tier::Other);
     let mut outcomes = applier.apply_all(&first).await?;
 
-    let crds: Vec<&Manifest> = first.iter().copied().filter(|m| tier(&m.object) == Tier::Crd).collect();
+    let crds: Vec<&Manifest> = first
+        .iter()
+        .copied()
+        .filter(|m| tier(&m.object) == Tier::Crd)
+        .collect();
     if !crds.is_empty() && !rest.is_empty() {
-        ctx.progress(format!("waiting for {} CRD{} to be established", crds.len(), plural(crds.len())));
-        stream::iter(crds.iter().map(|m| established(kube, m)))
+        ctx.progress(format!(
+            "waiting for {} CRD{} to be established",
+            crds.len(),
+            plural(crds.len())
+        ));
+        // Futures are collected first: a lazy `map` closure inside the stream would make the
+        // step's future fail the runner's `Send` check (a higher-ranked lifetime limitation).
+        let waits: Vec<_> = crds.iter().map(|m| established(kube, m)).collect();
+        stream::iter(waits)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -67,13 +92,24 @@ pub async fn run(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
     outcomes.extend(applier.apply_all(&rest).await?);
 
     let count = |o: ApplyOutcome| outcomes.iter().filter(|x| **x == o).count();
-    let (created, configured, unchanged) =
-        (count(ApplyOutcome::Created), count(ApplyOutcome::Configured), count(ApplyOutcome::Unchanged));
+    let (created, configured, unchanged) = (
+        count(ApplyOutcome::Created),
+        count(ApplyOutcome::Configured),
+        count(ApplyOutcome::Unchanged),
+    );
     let summary = summarize(
         outcomes.len(),
-        &[(created, "created"), (configured, "configured"), (unchanged, "unchanged")],
+        &[
+            (created, "created"),
+            (configured, "configured"),
+            (unchanged, "unchanged"),
+        ],
     );
-    Ok(if created + configured > 0 { Outcome::Changed { summary } } else { Outcome::Unchanged { summary } })
+    Ok(if created + configured > 0 {
+        Outcome::Changed { summary }
+    } else {
+        Outcome::Unchanged { summary }
+    })
 }
 
 struct Applier<'a> {
@@ -89,8 +125,11 @@ impl Applier<'_> {
     /// Applies independent objects concurrently. Every object is attempted; the first
     /// failure is returned, with how many others failed.
     async fn apply_all(&self, objects: &[&Manifest]) -> StepResult<Vec<ApplyOutcome>> {
-        let results: Vec<StepResult<ApplyOutcome>> =
-            stream::iter(objects.iter().map(|m| self.apply_one(m))).buffer_unordered(CONCURRENCY).collect().await;
+        let applies: Vec<_> = objects.iter().map(|m| self.apply_one(m)).collect();
+        let results: Vec<StepResult<ApplyOutcome>> = stream::iter(applies)
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         first_error(results)
     }
 
@@ -103,7 +142,8 @@ impl Applier<'_> {
         let outcome = self.kube.apply_owned(&target, self.owner).await?;
         tracing::debug!(object = %target.display(), ?outcome, "applied");
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        self.ctx.progress(format!("applied {done}/{} objects", self.total));
+        self.ctx
+            .progress(format!("applied {done}/{} objects", self.total));
         Ok(outcome)
     }
 }
@@ -113,17 +153,25 @@ impl Applier<'_> {
 async fn established(kube: &Kube, m: &Manifest) -> StepResult<()> {
     let name = m.object["metadata"]["name"].as_str().unwrap_or_default();
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
-    let settled =
-        |c: Option<&CustomResourceDefinition>| c.is_some_and(|c| !matches!(readiness::crd(c), Readiness::Waiting(_)));
-    let crd = await_condition(api, name, settled)
-        .await
-        .map_err(|e| StepError::transient(format!("lost the watch on CRD {name}")).with_source(e))?;
+    let settled = |c: Option<&CustomResourceDefinition>| {
+        c.is_some_and(|c| !matches!(readiness::crd(c), Readiness::Waiting(_)))
+    };
+    let crd = await_condition(api, name, settled).await.map_err(|e| {
+        StepError::transient(format!("lost the watch on CRD {name}")).with_source(e)
+    })?;
     if let Some(crd) = crd {
         if let Readiness::Failed(why) = readiness::crd(&crd) {
-            return Err(StepError::fatal(format!("CRD {name} will not become established: {why}")));
+            return Err(StepError::fatal(format!(
+                "CRD {name} will not become established: {why}"
+            )));
         }
         for v in &crd.spec.versions {
-            kube.forget(&GroupVersionKind::gvk(&crd.spec.group, &v.name, &crd.spec.names.kind)).await;
+            kube.forget(&GroupVersionKind::gvk(
+                &crd.spec.group,
+                &v.name,
+                &crd.spec.names.kind,
+            ))
+            .await;
         }
     }
     Ok(())
@@ -132,7 +180,6 @@ async fn established(kube: &Kube, m: &Manifest) -> StepResult<()> {
 pub async fn teardown(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
     let default_namespace = a.namespace.as_deref().unwrap_or("default");
-    let plan = ctx.plan_name.as_str();
     let total = a.objects.len();
     let done = AtomicUsize::new(0);
 
@@ -141,22 +188,20 @@ pub async fn teardown(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
     let mut outcomes = Vec::new();
     let mut namespaces: Vec<(Located, String)> = Vec::new();
     for t in [Tier::Other, Tier::Crd, Tier::Namespace] {
-        let objects: Vec<&Manifest> = a.objects.iter().rev().filter(|m| tier(&m.object) == t).collect();
-        let delete_one = |m: &'_ Manifest| {
-            let done = &done;
-            let object = &m.object;
-            async move {
-                let outcome = match kube.locate_if_served(object, default_namespace).await? {
-                    None => (DeleteOutcome::Gone, None),
-                    Some(target) => (kube.delete_owned(&target, plan).await?, Some(target)),
-                };
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                ctx.progress(format!("deleted {n}/{total} objects"));
-                Ok::<_, StepError>(outcome)
-            }
-        };
-        let results: Vec<StepResult<_>> =
-            stream::iter(objects.into_iter().map(delete_one)).buffer_unordered(CONCURRENCY).collect().await;
+        let objects: Vec<&Manifest> = a
+            .objects
+            .iter()
+            .rev()
+            .filter(|m| tier(&m.object) == t)
+            .collect();
+        let deletes: Vec<_> = objects
+            .into_iter()
+            .map(|m| delete_one(kube, ctx, &m.object, default_namespace, &done, total))
+            .collect();
+        let results: Vec<StepResult<_>> = stream::iter(deletes)
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         for (outcome, target) in first_error(results)? {
             if let (DeleteOutcome::Deleted { uid }, Some(target)) = (&outcome, target)
                 && t == Tier::Namespace
@@ -169,26 +214,73 @@ pub async fn teardown(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
 
     if !namespaces.is_empty() {
         let names: Vec<&str> = namespaces.iter().map(|(t, _)| t.name.as_str()).collect();
-        ctx.progress(format!("waiting for namespace{} {} to go", plural(names.len()), names.join(", ")));
-        stream::iter(namespaces.iter().map(|(t, uid)| t.deleted(uid)))
+        ctx.progress(format!(
+            "waiting for namespace{} {} to go",
+            plural(names.len()),
+            names.join(", ")
+        ));
+        let waits: Vec<_> = namespaces.iter().map(|(t, uid)| t.deleted(uid)).collect();
+        stream::iter(waits)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
     }
 
-    let deleted = outcomes.iter().filter(|o| matches!(o, DeleteOutcome::Deleted { .. })).count();
-    let gone = outcomes.iter().filter(|o| **o == DeleteOutcome::Gone).count();
-    let not_ours = outcomes.iter().filter(|o| **o == DeleteOutcome::NotOurs).count();
+    let deleted = outcomes
+        .iter()
+        .filter(|o| matches!(o, DeleteOutcome::Deleted { .. }))
+        .count();
+    let gone = outcomes
+        .iter()
+        .filter(|o| **o == DeleteOutcome::Gone)
+        .count();
+    let not_ours = outcomes
+        .iter()
+        .filter(|o| **o == DeleteOutcome::NotOurs)
+        .count();
     let summary = summarize(
         outcomes.len(),
-        &[(deleted, "deleted"), (gone, "already gone"), (not_ours, "not created by this plan, left alone")],
+        &[
+            (deleted, "deleted"),
+            (gone, "already gone"),
+            (not_ours, "not created by this plan, left alone"),
+        ],
     );
-    Ok(if deleted > 0 { Outcome::Changed { summary } } else { Outcome::Unchanged { summary } })
+    Ok(if deleted > 0 {
+        Outcome::Changed { summary }
+    } else {
+        Outcome::Unchanged { summary }
+    })
+}
+
+/// Deletes one object if the plan created it; the located target comes back for waiting.
+async fn delete_one(
+    kube: &Kube,
+    ctx: &StepCtx,
+    object: &Value,
+    default_namespace: &str,
+    done: &AtomicUsize,
+    total: usize,
+) -> StepResult<(DeleteOutcome, Option<Located>)> {
+    let outcome = match kube.locate_if_served(object, default_namespace).await? {
+        None => (DeleteOutcome::Gone, None),
+        Some(target) => (
+            kube.delete_owned(&target, &ctx.plan_name).await?,
+            Some(target),
+        ),
+    };
+    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+    ctx.progress(format!("deleted {n}/{total} objects"));
+    Ok(outcome)
 }
 
 /// "12 objects: 3 created, 9 unchanged", leaving out the zero counts.
 fn summarize(total: usize, parts: &[(usize, &str)]) -> String {
-    let parts: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
+    let parts: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
     format!("{total} object{}: {}", plural(total), parts.join(", "))
 }
 
@@ -212,7 +304,11 @@ fn first_error<T>(results: Vec<StepResult<T>>) -> StepResult<Vec<T>> {
         None => Ok(out),
         Some(mut e) => {
             if failures > 1 {
-                e.message.push_str(&format!(" (and {} more object{} failed)", failures - 1, plural(failures - 1)));
+                e.message.push_str(&format!(
+                    " (and {} more object{} failed)",
+                    failures - 1,
+                    plural(failures - 1)
+                ));
             }
             Err(e)
         }
@@ -221,7 +317,14 @@ fn first_error<T>(results: Vec<StepResult<T>>) -> StepResult<Vec<T>> {
 
 /// Names the object (and where it came from) in an error that does not.
 fn context(e: StepError, object: &Value, default_namespace: &str, source: &str) -> StepError {
-    StepError { message: format!("{} (from {source}): {}", object_name(object, Some(default_namespace)), e.message), ..e }
+    StepError {
+        message: format!(
+            "{} (from {source}): {}",
+            object_name(object, Some(default_namespace)),
+            e.message
+        ),
+        ..e
+    }
 }
 
 #[cfg(test)]
@@ -231,12 +334,20 @@ mod tests {
 
     #[test]
     fn tiers() {
-        assert_eq!(tier(&json!({"apiVersion": "v1", "kind": "Namespace"})), Tier::Namespace);
         assert_eq!(
-            tier(&json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"})),
+            tier(&json!({"apiVersion": "v1", "kind": "Namespace"})),
+            Tier::Namespace
+        );
+        assert_eq!(
+            tier(
+                &json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"})
+            ),
             Tier::Crd
         );
-        assert_eq!(tier(&json!({"apiVersion": "example.com/v1", "kind": "Namespace"})), Tier::Other);
+        assert_eq!(
+            tier(&json!({"apiVersion": "example.com/v1", "kind": "Namespace"})),
+            Tier::Other
+        );
     }
 
     #[test]
@@ -245,6 +356,9 @@ mod tests {
             summarize(12, &[(3, "created"), (1, "configured"), (8, "unchanged")]),
             "12 objects: 3 created, 1 configured, 8 unchanged"
         );
-        assert_eq!(summarize(1, &[(0, "created"), (1, "unchanged")]), "1 object: 1 unchanged");
+        assert_eq!(
+            summarize(1, &[(0, "created"), (1, "unchanged")]),
+            "1 object: 1 unchanged"
+        );
     }
 }

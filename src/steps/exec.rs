@@ -10,23 +10,41 @@ use crate::run::{Outcome, StepCtx};
 pub async fn run(e: &Exec, ctx: &StepCtx) -> StepResult<Outcome> {
     if !e.unless.is_empty() {
         ctx.progress(format!("checking `{}`", e.unless.join(" ")));
-        let probe = tool(&e.unless, e, ctx).run(&ctx.cancel).await.map_err(tool_error)?;
+        let probe = tool(&e.unless, e, ctx)
+            .run(&ctx.cancel)
+            .await
+            .map_err(tool_error)?;
         if probe.success {
-            return Ok(Outcome::Unchanged { summary: format!("`{}` succeeded: nothing to do", e.unless.join(" ")) });
+            return Ok(Outcome::Unchanged {
+                summary: format!("`{}` succeeded: nothing to do", e.unless.join(" ")),
+            });
         }
     }
     ctx.progress(format!("running `{}`", e.command.join(" ")));
-    let out = tool(&e.command, e, ctx).run(&ctx.cancel).await.map_err(tool_error)?;
+    let out = tool(&e.command, e, ctx)
+        .run(&ctx.cancel)
+        .await
+        .map_err(tool_error)?;
     if !out.success {
         return Err(StepError::fatal(format!(
             "`{}` exited with {}:\n{}",
             e.command.join(" "),
-            out.code.map(|c| format!("code {c}")).unwrap_or_else(|| "a signal".into()),
+            out.code
+                .map(|c| format!("code {c}"))
+                .unwrap_or_else(|| "a signal".into()),
             out.tail(20)
         )));
     }
-    let last = out.stdout.trim_end().lines().last().unwrap_or("").to_string();
-    Ok(Outcome::Changed { summary: if last.is_empty() { "ran".into() } else { last } })
+    let last = out
+        .stdout
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    Ok(Outcome::Changed {
+        summary: if last.is_empty() { "ran".into() } else { last },
+    })
 }
 
 fn tool(words: &[String], e: &Exec, ctx: &StepCtx) -> Tool {

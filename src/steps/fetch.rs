@@ -14,8 +14,14 @@ pub enum FetchError {
     #[error("cannot fetch `{url}`: {cause}")]
     Download { url: String, cause: String },
     /// The content does not match its pin.
-    #[error("`{url}` does not match its sha256 pin: expected {expected}, got {actual}; nothing of this step was applied")]
-    Mismatch { url: String, expected: String, actual: String },
+    #[error(
+        "`{url}` does not match its sha256 pin: expected {expected}, got {actual}; nothing of this step was applied"
+    )]
+    Mismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     /// The content is not a YAML stream of Kubernetes objects.
     #[error("`{url}` is not a usable manifest: {cause}")]
     Parse { url: String, cause: String },
@@ -31,18 +37,22 @@ pub enum FetchError {
 pub async fn fetch(u: &PinnedUrl, cache_dir: &Path) -> Result<String, FetchError> {
     if let Some(expected) = &u.sha256 {
         let cached = cache_dir.join("sha256").join(expected);
-        if let Ok(bytes) = tokio::fs::read(&cached).await {
-            if hex::encode(Sha256::digest(&bytes)) == *expected {
-                tracing::debug!(url = %u.url, "manifest from cache");
-                return Ok(String::from_utf8_lossy(&bytes).into_owned());
-            }
+        if let Ok(bytes) = tokio::fs::read(&cached).await
+            && hex::encode(Sha256::digest(&bytes)) == *expected
+        {
+            tracing::debug!(url = %u.url, "manifest from cache");
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
         }
     }
     let bytes = download(&u.url).await?;
     let actual = hex::encode(Sha256::digest(&bytes));
     if let Some(expected) = &u.sha256 {
         if &actual != expected {
-            return Err(FetchError::Mismatch { url: u.url.clone(), expected: expected.clone(), actual });
+            return Err(FetchError::Mismatch {
+                url: u.url.clone(),
+                expected: expected.clone(),
+                actual,
+            });
         }
         let dir = cache_dir.join("sha256");
         let write = async {
@@ -51,13 +61,19 @@ pub async fn fetch(u: &PinnedUrl, cache_dir: &Path) -> Result<String, FetchError
             tokio::fs::write(&tmp, &bytes).await?;
             tokio::fs::rename(&tmp, dir.join(&actual)).await
         };
-        write.await.map_err(|source| FetchError::Cache { path: dir.clone(), source })?;
+        write.await.map_err(|source| FetchError::Cache {
+            path: dir.clone(),
+            source,
+        })?;
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 async fn download(url: &str) -> Result<Vec<u8>, FetchError> {
-    let fail = |cause: String| FetchError::Download { url: url.to_string(), cause };
+    let fail = |cause: String| FetchError::Download {
+        url: url.to_string(),
+        cause,
+    };
     if let Some(path) = url.strip_prefix("file://") {
         return tokio::fs::read(path).await.map_err(|e| fail(e.to_string()));
     }
@@ -66,33 +82,59 @@ async fn download(url: &str) -> Result<Vec<u8>, FetchError> {
         .timeout(std::time::Duration::from_secs(120))
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    let resp = client.get(url).send().await.map_err(|e| fail(error_chain(&e)))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
-    Ok(resp.bytes().await.map_err(|e| fail(error_chain(&e)))?.to_vec())
+    Ok(resp
+        .bytes()
+        .await
+        .map_err(|e| fail(error_chain(&e)))?
+        .to_vec())
 }
 
 /// Parses fetched text into objects, with `${var}` substitution when the step asks for it.
-pub fn objects(u: &PinnedUrl, text: &str, vars: Option<&std::collections::BTreeMap<String, String>>) -> Result<Vec<Manifest>, FetchError> {
+pub fn objects(
+    u: &PinnedUrl,
+    text: &str,
+    vars: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<Manifest>, FetchError> {
     let text = match vars {
-        Some(vars) => substitute(text, vars).map_err(|cause| FetchError::Parse { url: u.url.clone(), cause })?,
+        Some(vars) => substitute(text, vars).map_err(|cause| FetchError::Parse {
+            url: u.url.clone(),
+            cause,
+        })?,
         None => text.to_string(),
     };
-    let parsed = crate::plan::analyze::parse_objects(&text, &u.url).map_err(|e| FetchError::Parse {
-        url: u.url.clone(),
-        cause: match e {
-            crate::plan::analyze::ManifestError::Yaml(e) => e.to_string().lines().next().unwrap_or_default().to_string(),
-            crate::plan::analyze::ManifestError::NotAnObject { index, problem } => format!("document {} {problem}", index + 1),
-        },
-    })?;
+    let parsed =
+        crate::plan::analyze::parse_objects(&text, &u.url).map_err(|e| FetchError::Parse {
+            url: u.url.clone(),
+            cause: match e {
+                crate::plan::analyze::ManifestError::Yaml(e) => {
+                    e.to_string().lines().next().unwrap_or_default().to_string()
+                }
+                crate::plan::analyze::ManifestError::NotAnObject { index, problem } => {
+                    format!("document {} {problem}", index + 1)
+                }
+            },
+        })?;
     if parsed.is_empty() {
-        return Err(FetchError::Parse { url: u.url.clone(), cause: "it holds no Kubernetes object".into() });
+        return Err(FetchError::Parse {
+            url: u.url.clone(),
+            cause: "it holds no Kubernetes object".into(),
+        });
     }
     Ok(parsed)
 }
 
-fn substitute(text: &str, vars: &std::collections::BTreeMap<String, String>) -> Result<String, String> {
+fn substitute(
+    text: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -100,7 +142,10 @@ fn substitute(text: &str, vars: &std::collections::BTreeMap<String, String>) -> 
         let after = &rest[i + 2..];
         let end = after.find('}').ok_or("unclosed `${`")?;
         let name = &after[..end];
-        out.push_str(vars.get(name).ok_or_else(|| format!("variable `{name}` is not set"))?);
+        out.push_str(
+            vars.get(name)
+                .ok_or_else(|| format!("variable `{name}` is not set"))?,
+        );
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -130,7 +175,10 @@ mod tests {
         let src = dir.path().join("m.yaml");
         std::fs::write(&src, DOC).unwrap();
         let sha = hex::encode(Sha256::digest(DOC.as_bytes()));
-        let u = PinnedUrl { url: format!("file://{}", src.display()), sha256: Some(sha.clone()) };
+        let u = PinnedUrl {
+            url: format!("file://{}", src.display()),
+            sha256: Some(sha.clone()),
+        };
         let cache = dir.path().join("cache");
         assert_eq!(fetch(&u, &cache).await.unwrap(), DOC);
         // With the source gone, the cache still serves it.
@@ -145,7 +193,10 @@ mod tests {
         let src = dir.path().join("m.yaml");
         std::fs::write(&src, DOC.replace("x", "y")).unwrap();
         let sha = hex::encode(Sha256::digest(DOC.as_bytes()));
-        let u = PinnedUrl { url: format!("file://{}", src.display()), sha256: Some(sha) };
+        let u = PinnedUrl {
+            url: format!("file://{}", src.display()),
+            sha256: Some(sha),
+        };
         let err = fetch(&u, &dir.path().join("cache")).await.unwrap_err();
         assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
         assert!(!dir.path().join("cache").exists(), "nothing is cached");
@@ -154,15 +205,29 @@ mod tests {
     #[tokio::test]
     async fn cold_cache_and_unreachable_url_names_both() {
         let dir = tempfile::tempdir().unwrap();
-        let u = PinnedUrl { url: "http://127.0.0.1:9/none.yaml".into(), sha256: Some("0".repeat(64)) };
+        let u = PinnedUrl {
+            url: "http://127.0.0.1:9/none.yaml".into(),
+            sha256: Some("0".repeat(64)),
+        };
         let err = fetch(&u, dir.path()).await.unwrap_err().to_string();
-        assert!(err.starts_with("cannot fetch `http://127.0.0.1:9/none.yaml`: "), "{err}");
+        assert!(
+            err.starts_with("cannot fetch `http://127.0.0.1:9/none.yaml`: "),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_streams_are_refused() {
-        let u = PinnedUrl { url: "file:///x".into(), sha256: None };
-        let err = objects(&u, "---\n# nothing\n", None).unwrap_err().to_string();
-        assert_eq!(err, "`file:///x` is not a usable manifest: it holds no Kubernetes object");
+        let u = PinnedUrl {
+            url: "file:///x".into(),
+            sha256: None,
+        };
+        let err = objects(&u, "---\n# nothing\n", None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "`file:///x` is not a usable manifest: it holds no Kubernetes object"
+        );
     }
 }

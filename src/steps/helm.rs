@@ -25,24 +25,37 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     let (chart_name, chart_version) = chart_identity(h)?;
     ctx.progress(format!("reading release {}/{}", h.namespace, h.release));
     let deployed = observe(h, ctx).await?;
-    if let Some(d) = &deployed {
-        if d.status == "deployed" && d.chart == chart_name && d.version == chart_version && d.values == desired_values {
-            return Ok(Outcome::Unchanged {
-                summary: format!("release {} has chart {chart_name} {chart_version} with the same values", h.release),
-            });
-        }
+    if let Some(d) = &deployed
+        && d.status == "deployed"
+        && d.chart == chart_name
+        && d.version == chart_version
+        && d.values == desired_values
+    {
+        return Ok(Outcome::Unchanged {
+            summary: format!(
+                "release {} has chart {chart_name} {chart_version} with the same values",
+                h.release
+            ),
+        });
     }
     let values_file = tempfile::Builder::new()
         .prefix("bookinfo-up-values-")
         .suffix(".json")
         .tempfile()
         .map_err(|e| StepError::fatal("cannot write a values file").with_source(e))?;
-    std::fs::write(values_file.path(), serde_json::to_vec_pretty(&h.values).unwrap_or_default())
-        .map_err(|e| StepError::fatal("cannot write a values file").with_source(e))?;
+    std::fs::write(
+        values_file.path(),
+        serde_json::to_vec_pretty(&h.values).unwrap_or_default(),
+    )
+    .map_err(|e| StepError::fatal("cannot write a values file").with_source(e))?;
 
     let mut tool = helm(kube).args(["upgrade", "--install", &h.release]);
     tool = match &h.chart {
-        ChartRef::Repo { repo, name, version } => tool.args([name.as_str(), "--repo", repo, "--version", version]),
+        ChartRef::Repo {
+            repo,
+            name,
+            version,
+        } => tool.args([name.as_str(), "--repo", repo, "--version", version]),
         ChartRef::Path { path } => tool.arg(path),
     };
     tool = tool.args(["--namespace", &h.namespace]);
@@ -56,21 +69,46 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     if h.wait {
         tool = tool.args(["--wait", "--timeout", "30m"]);
     }
-    let verb = if deployed.is_some() { "upgrading" } else { "installing" };
-    ctx.progress(format!("{verb} {} ({chart_name} {chart_version}){}", h.release, if h.wait { ", waiting for it" } else { "" }));
+    let verb = if deployed.is_some() {
+        "upgrading"
+    } else {
+        "installing"
+    };
+    ctx.progress(format!(
+        "{verb} {} ({chart_name} {chart_version}){}",
+        h.release,
+        if h.wait { ", waiting for it" } else { "" }
+    ));
     let out = tool.run(&ctx.cancel).await.map_err(tool_error)?;
     if !out.success {
         let tail = out.tail(15);
         // Helm fails this way while the API server restarts or a webhook is not yet serving.
-        let transient = ["connection refused", "timeout", "i/o timeout", "failed calling webhook", "another operation", "EOF"]
-            .iter()
-            .any(|t| tail.contains(t));
+        let transient = [
+            "connection refused",
+            "timeout",
+            "i/o timeout",
+            "failed calling webhook",
+            "another operation",
+            "EOF",
+        ]
+        .iter()
+        .any(|t| tail.contains(t));
         let message = format!("helm upgrade --install {} failed:\n{tail}", h.release);
-        return Err(if transient { StepError::transient(message) } else { StepError::fatal(message) });
+        return Err(if transient {
+            StepError::transient(message)
+        } else {
+            StepError::fatal(message)
+        });
     }
     let what = match deployed {
-        Some(d) if d.version != chart_version => format!("upgraded {} from {} to {chart_version}", h.release, d.version),
-        Some(_) => format!("upgraded {} ({chart_name} {chart_version}): values or status differed", h.release),
+        Some(d) if d.version != chart_version => format!(
+            "upgraded {} from {} to {chart_version}",
+            h.release, d.version
+        ),
+        Some(_) => format!(
+            "upgraded {} ({chart_name} {chart_version}): values or status differed",
+            h.release
+        ),
         None => format!("installed {} ({chart_name} {chart_version})", h.release),
     };
     Ok(Outcome::Changed { summary: what })
@@ -79,18 +117,34 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
 pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
     if observe(h, ctx).await?.is_none() {
-        return Ok(Outcome::Unchanged { summary: format!("release {} is not installed", h.release) });
+        return Ok(Outcome::Unchanged {
+            summary: format!("release {} is not installed", h.release),
+        });
     }
     ctx.progress(format!("uninstalling {}", h.release));
     let out = helm(kube)
-        .args(["uninstall", &h.release, "--namespace", &h.namespace, "--wait", "--timeout", "10m"])
+        .args([
+            "uninstall",
+            &h.release,
+            "--namespace",
+            &h.namespace,
+            "--wait",
+            "--timeout",
+            "10m",
+        ])
         .run(&ctx.cancel)
         .await
         .map_err(tool_error)?;
     if !out.success && !out.stderr.contains("not found") {
-        return Err(StepError::fatal(format!("helm uninstall {} failed:\n{}", h.release, out.tail(10))));
+        return Err(StepError::fatal(format!(
+            "helm uninstall {} failed:\n{}",
+            h.release,
+            out.tail(10)
+        )));
     }
-    Ok(Outcome::Changed { summary: format!("uninstalled {}", h.release) })
+    Ok(Outcome::Changed {
+        summary: format!("uninstalled {}", h.release),
+    })
 }
 
 fn helm(kube: &crate::kube::Kube) -> Tool {
@@ -104,53 +158,101 @@ fn helm(kube: &crate::kube::Kube) -> Tool {
 /// The deployed release, or `None` when there is none.
 async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
     let kube = ctx.kube()?;
-    let status = helm(kube)
-        .args(["status", &h.release, "--namespace", &h.namespace, "--output", "json"])
+    // `helm list` carries the chart as `name-version`; `helm status -o json` does not.
+    let filter = format!("^{}$", h.release);
+    let list = helm(kube)
+        .args([
+            "list",
+            "--all",
+            "--namespace",
+            &h.namespace,
+            "--filter",
+            &filter,
+            "--output",
+            "json",
+        ])
         .run(&ctx.cancel)
         .await
         .map_err(tool_error)?;
-    if !status.success {
-        if status.stderr.contains("release: not found") {
-            return Ok(None);
-        }
-        return Err(StepError::transient(format!("helm status {} failed:\n{}", h.release, status.tail(10))));
+    if !list.success {
+        return Err(StepError::transient(format!(
+            "helm list failed:\n{}",
+            list.tail(10)
+        )));
     }
+    let releases: Vec<Value> = serde_json::from_str(list.stdout.trim())
+        .map_err(|e| StepError::fatal("cannot read `helm list` output").with_source(e))?;
+    let Some(release) = releases
+        .into_iter()
+        .find(|r| r["name"] == h.release.as_str())
+    else {
+        return Ok(None);
+    };
     let values = helm(kube)
-        .args(["get", "values", &h.release, "--namespace", &h.namespace, "--output", "json"])
+        .args([
+            "get",
+            "values",
+            &h.release,
+            "--namespace",
+            &h.namespace,
+            "--output",
+            "json",
+        ])
         .run(&ctx.cancel)
         .await
         .map_err(tool_error)?;
     if !values.success {
-        return Err(StepError::transient(format!("helm get values {} failed:\n{}", h.release, values.tail(10))));
+        return Err(StepError::transient(format!(
+            "helm get values {} failed:\n{}",
+            h.release,
+            values.tail(10)
+        )));
     }
-    parse_deployed(&status.stdout, &values.stdout).map(Some)
+    parse_deployed(&release, &values.stdout).map(Some)
 }
 
-/// Reads `helm status -o json` and `helm get values -o json` output.
-pub fn parse_deployed(status: &str, values: &str) -> StepResult<Deployed> {
-    let s: Value = serde_json::from_str(status)
-        .map_err(|e| StepError::fatal("cannot read `helm status` output").with_source(e))?;
+/// Reads one entry of `helm list -o json` and the `helm get values -o json` output.
+pub fn parse_deployed(release: &Value, values: &str) -> StepResult<Deployed> {
     let v: Value = serde_json::from_str(values.trim())
         .map_err(|e| StepError::fatal("cannot read `helm get values` output").with_source(e))?;
-    // `helm status -o json` carries the chart only in newer versions; fall back to the
-    // release's chart field when present.
-    let chart = &s["chart"]["metadata"];
+    let chart = release["chart"].as_str().unwrap_or_default();
+    let (name, version) = split_chart(chart);
     Ok(Deployed {
-        status: s["info"]["status"].as_str().unwrap_or_default().to_string(),
-        chart: chart["name"].as_str().unwrap_or_default().to_string(),
-        version: chart["version"].as_str().unwrap_or_default().to_string(),
-        values: if v.is_null() { Value::Object(Default::default()) } else { v },
+        status: release["status"].as_str().unwrap_or_default().to_string(),
+        chart: name.to_string(),
+        version: version.to_string(),
+        values: if v.is_null() {
+            Value::Object(Default::default())
+        } else {
+            v
+        },
     })
+}
+
+/// Splits `istio-base-1.30.4` into (`istio-base`, `1.30.4`): the version starts at the first
+/// `-` followed by a digit.
+fn split_chart(chart: &str) -> (&str, &str) {
+    let at = chart
+        .match_indices('-')
+        .filter(|(i, _)| chart[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(i, _)| i)
+        .next();
+    match at {
+        Some(i) => (&chart[..i], &chart[i + 1..]),
+        None => (chart, ""),
+    }
 }
 
 /// The user-supplied values helm will record: values files in order, then inline values.
 fn desired_values(h: &Helm) -> StepResult<Value> {
     let mut merged = Value::Object(Default::default());
     for f in &h.values_files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| StepError::fatal(format!("cannot read values file `{}`", f.display())).with_source(e))?;
-        let v: Value = serde_saphyr::from_str(&text)
-            .map_err(|e| StepError::fatal(format!("values file `{}` is not YAML", f.display())).with_source(e))?;
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            StepError::fatal(format!("cannot read values file `{}`", f.display())).with_source(e)
+        })?;
+        let v: Value = serde_saphyr::from_str(&text).map_err(|e| {
+            StepError::fatal(format!("values file `{}` is not YAML", f.display())).with_source(e)
+        })?;
         merge(&mut merged, v);
     }
     merge(&mut merged, h.values.clone());
@@ -160,13 +262,18 @@ fn desired_values(h: &Helm) -> StepResult<Value> {
 /// Chart name and version the step installs.
 fn chart_identity(h: &Helm) -> StepResult<(String, String)> {
     match &h.chart {
-        ChartRef::Repo { name, version, .. } => Ok((name.rsplit('/').next().unwrap_or(name).to_string(), version.clone())),
+        ChartRef::Repo { name, version, .. } => Ok((
+            name.rsplit('/').next().unwrap_or(name).to_string(),
+            version.clone(),
+        )),
         ChartRef::Path { path } => {
             let file = path.join("Chart.yaml");
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| StepError::fatal(format!("cannot read `{}`", file.display())).with_source(e))?;
-            let v: Value = serde_saphyr::from_str(&text)
-                .map_err(|e| StepError::fatal(format!("`{}` is not YAML", file.display())).with_source(e))?;
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                StepError::fatal(format!("cannot read `{}`", file.display())).with_source(e)
+            })?;
+            let v: Value = serde_saphyr::from_str(&text).map_err(|e| {
+                StepError::fatal(format!("`{}` is not YAML", file.display())).with_source(e)
+            })?;
             Ok((
                 v["name"].as_str().unwrap_or_default().to_string(),
                 v["version"].as_str().unwrap_or_default().to_string(),
@@ -198,13 +305,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn reads_status_and_values() {
-        let status = r#"{"name":"istiod","info":{"status":"deployed"},"chart":{"metadata":{"name":"istiod","version":"1.30.4"}}}"#;
-        let d = parse_deployed(status, "null\n").unwrap();
+    fn reads_list_entry_and_values() {
+        let release = json!({"name":"istio-base","status":"deployed","chart":"istio-base-1.30.4-rc.1","app_version":"1.30.4"});
+        let d = parse_deployed(&release, "null\n").unwrap();
         assert_eq!(d.status, "deployed");
-        assert_eq!((d.chart.as_str(), d.version.as_str()), ("istiod", "1.30.4"));
+        assert_eq!(
+            (d.chart.as_str(), d.version.as_str()),
+            ("istio-base", "1.30.4-rc.1")
+        );
         assert_eq!(d.values, json!({}));
-        let d = parse_deployed(status, r#"{"service":{"type":"NodePort"}}"#).unwrap();
+        let d = parse_deployed(&release, r#"{"service":{"type":"NodePort"}}"#).unwrap();
         assert_eq!(d.values, json!({"service": {"type": "NodePort"}}));
     }
 

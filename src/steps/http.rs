@@ -57,12 +57,20 @@ pub async fn run(h: &Http, ctx: &StepCtx) -> StepResult<Outcome> {
 
 fn target(h: &Http) -> String {
     match &h.service {
-        Some(s) => format!("GET {} on service {}/{}:{}", h.url, s.namespace, s.name, s.port),
+        Some(s) => format!(
+            "GET {} on service {}/{}:{}",
+            h.url, s.namespace, s.name, s.port
+        ),
         None => format!("GET {}", h.url),
     }
 }
 
-async fn get(h: &Http, ctx: &StepCtx, client: &reqwest::Client, _n: u32) -> Result<Response, String> {
+async fn get(
+    h: &Http,
+    ctx: &StepCtx,
+    client: &reqwest::Client,
+    _n: u32,
+) -> Result<Response, String> {
     match &h.service {
         Some(s) => {
             let kube = ctx.kube().map_err(|e| e.to_string())?;
@@ -70,10 +78,15 @@ async fn get(h: &Http, ctx: &StepCtx, client: &reqwest::Client, _n: u32) -> Resu
                 "/api/v1/namespaces/{}/services/{}:{}/proxy{}",
                 s.namespace, s.name, s.port, h.url
             );
-            let req = http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
+            let req = http::Request::get(path)
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
             match kube.client.request_text(req).await {
                 Ok(body) => Ok(Response { status: 200, body }),
-                Err(kube::Error::Api(status)) => Ok(Response { status: status.code, body: status.message.clone() }),
+                Err(kube::Error::Api(status)) => Ok(Response {
+                    status: status.code,
+                    body: status.message.clone(),
+                }),
                 Err(e) => Err(e.to_string()),
             }
         }
@@ -99,7 +112,11 @@ where
     Fut: std::future::Future<Output = Result<Response, String>>,
 {
     let mut seen = BTreeSet::new();
-    let requests = if h.variants.is_empty() { 1 } else { h.max_requests };
+    let requests = if h.variants.is_empty() {
+        1
+    } else {
+        h.max_requests
+    };
     for n in 1..=requests {
         if ctx.cancel.is_cancelled() {
             return Err(StepError::fatal("cancelled"));
@@ -124,13 +141,26 @@ where
             }));
         }
         if n % 5 == 0 {
-            ctx.progress(format!("seen {}/{} variants after {n} requests", seen.len(), h.variants.len()));
+            ctx.progress(format!(
+                "seen {}/{} variants after {n} requests",
+                seen.len(),
+                h.variants.len()
+            ));
         }
     }
-    let missing: Vec<&str> = h.variants.keys().filter(|k| !seen.contains(*k)).map(String::as_str).collect();
+    let missing: Vec<&str> = h
+        .variants
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .map(String::as_str)
+        .collect();
     Ok(Verdict::Fail(format!(
         "variants {} not seen in {requests} requests",
-        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+        missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )))
 }
 
@@ -139,10 +169,10 @@ pub fn check_one(h: &Http, r: &Response) -> Option<String> {
     if r.status != h.status {
         return Some(format!("status {} instead of {}", r.status, h.status));
     }
-    if let Some(needle) = &h.body_contains {
-        if !r.body.contains(needle.as_str()) {
-            return Some(format!("the body does not contain {needle:?}"));
-        }
+    if let Some(needle) = &h.body_contains
+        && !r.body.contains(needle.as_str())
+    {
+        return Some(format!("the body does not contain {needle:?}"));
     }
     None
 }

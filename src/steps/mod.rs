@@ -40,7 +40,9 @@ pub async fn teardown(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
         Action::Patch(p) => patch::teardown(p, ctx).await,
         Action::ConfigMerge(c) => patch::teardown_config_merge(c, ctx).await,
         Action::Wait(_) | Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => {
-            Ok(Outcome::Unchanged { summary: "nothing to undo".into() })
+            Ok(Outcome::Unchanged {
+                summary: "nothing to undo".into(),
+            })
         }
     }
 }
@@ -50,7 +52,11 @@ pub fn describe(step: &Step) -> Vec<String> {
     match &step.action {
         Action::Helm(h) => {
             let chart = match &h.chart {
-                ChartRef::Repo { repo, name, version } => format!("{name} {version} from {repo}"),
+                ChartRef::Repo {
+                    repo,
+                    name,
+                    version,
+                } => format!("{name} {version} from {repo}"),
                 ChartRef::Path { path } => format!("{} (local)", crate::diag::display_path(path)),
             };
             let mut flags = Vec::new();
@@ -75,10 +81,19 @@ pub fn describe(step: &Step) -> Vec<String> {
             let mut lines: Vec<String> = a
                 .objects
                 .iter()
-                .map(|m| format!("server-side apply {}", object_name(&m.object, a.namespace.as_deref())))
+                .map(|m| {
+                    format!(
+                        "server-side apply {}",
+                        object_name(&m.object, a.namespace.as_deref())
+                    )
+                })
                 .collect();
             lines.extend(a.urls.iter().map(|u| match &u.sha256 {
-                Some(s) => format!("server-side apply the objects of {} (sha256 {}…)", u.url, &s[..12]),
+                Some(s) => format!(
+                    "server-side apply the objects of {} (sha256 {}…)",
+                    u.url,
+                    &s[..12]
+                ),
                 None => format!("server-side apply the objects of {} (unpinned)", u.url),
             }));
             lines
@@ -88,19 +103,36 @@ pub fn describe(step: &Step) -> Vec<String> {
             vec![format!(
                 "ensure namespace {}{}",
                 n.name,
-                if labels.is_empty() { String::new() } else { format!(" labelled {}", labels.join(",")) }
+                if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(" labelled {}", labels.join(","))
+                }
             )]
         }
         Action::Patch(p) => p
             .objects
             .iter()
-            .map(|m| format!("server-side apply partial {} as field manager {}", object_name(&m.object, None), p.field_manager))
+            .map(|m| {
+                format!(
+                    "server-side apply partial {} as field manager {}",
+                    object_name(&m.object, None),
+                    p.field_manager
+                )
+            })
             .collect(),
         Action::ConfigMerge(c) => vec![
-            format!("merge into key {} of configmap {}/{}", c.key, c.namespace, c.configmap),
+            format!(
+                "merge into key {} of configmap {}/{}",
+                c.key, c.namespace, c.configmap
+            ),
             format!(
                 "restart {} if the content changed",
-                c.restart.iter().map(|(ns, n)| format!("deployment {ns}/{n}")).collect::<Vec<_>>().join(", ")
+                c.restart
+                    .iter()
+                    .map(|(ns, n)| format!("deployment {ns}/{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ],
         Action::Wait(w) => {
@@ -116,16 +148,27 @@ pub fn describe(step: &Step) -> Vec<String> {
                 lines.push(format!(
                     "wait for pods in {}{} to be ready{}{}",
                     p.namespace,
-                    p.selector.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
-                    p.containers.map(|c| format!(" with {c} containers")).unwrap_or_default(),
-                    p.container.as_deref().map(|c| format!(", including {c}")).unwrap_or_default()
+                    p.selector
+                        .as_deref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default(),
+                    p.containers
+                        .map(|c| format!(" with {c} containers"))
+                        .unwrap_or_default(),
+                    p.container
+                        .as_deref()
+                        .map(|c| format!(", including {c}"))
+                        .unwrap_or_default()
                 ));
             }
             for c in &w.crds {
                 lines.push(format!("wait for CRD {c} to be established"));
             }
             for m in &w.webhook_probe {
-                lines.push(format!("probe admission with a server-side dry-run of {}", object_name(&m.object, None)));
+                lines.push(format!(
+                    "probe admission with a server-side dry-run of {}",
+                    object_name(&m.object, None)
+                ));
             }
             lines
         }
@@ -160,11 +203,67 @@ pub fn describe(step: &Step) -> Vec<String> {
     }
 }
 
+/// Folds each ConfigMap merge into the plan's own manifest of that ConfigMap, when an apply
+/// step of the plan creates it (Kiali's addon manifest holds the ConfigMap that the
+/// `kiali-grafana` step patches). Otherwise the two steps would fight on every run: the apply
+/// would put the key back as the manifest has it, the merge would change it again and restart
+/// Kiali. With the fold, the apply writes the merged content and the merge step finds nothing
+/// to do, yet still repairs drift and still works on ConfigMaps the plan does not apply.
+pub fn fold_config_merges(plan: &mut crate::plan::Plan) -> Result<usize, String> {
+    let merges: Vec<crate::plan::ConfigMerge> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::ConfigMerge(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut folded = 0;
+    for c in &merges {
+        for step in &mut plan.steps {
+            let Action::Apply(a) = &mut step.action else {
+                continue;
+            };
+            for m in &mut a.objects {
+                let o = &m.object;
+                let ns = o["metadata"]["namespace"]
+                    .as_str()
+                    .or(a.namespace.as_deref())
+                    .unwrap_or("default");
+                if o["apiVersion"] != "v1"
+                    || o["kind"] != "ConfigMap"
+                    || o["metadata"]["name"] != c.configmap.as_str()
+                    || ns != c.namespace
+                {
+                    continue;
+                }
+                let Some(text) = o["data"][&c.key].as_str() else {
+                    continue;
+                };
+                let mut content: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+                    format!(
+                        "key `{}` of ConfigMap {}/{} in `{}` is not YAML: {e}",
+                        c.key, c.namespace, c.configmap, m.source
+                    )
+                })?;
+                helm::merge(&mut content, c.merge.clone());
+                let merged = serde_saphyr::to_string(&content).map_err(|e| e.to_string())?;
+                m.object["data"][&c.key] = serde_json::Value::String(merged);
+                folded += 1;
+            }
+        }
+    }
+    Ok(folded)
+}
+
 /// `kind namespace/name` of a manifest object, for messages.
 pub fn object_name(object: &serde_json::Value, default_namespace: Option<&str>) -> String {
     let kind = object["kind"].as_str().unwrap_or("?");
     let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    match object["metadata"]["namespace"].as_str().or(default_namespace) {
+    match object["metadata"]["namespace"]
+        .as_str()
+        .or(default_namespace)
+    {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }

@@ -18,7 +18,10 @@ use crate::run::{Outcome, StepCtx};
 pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
     let api: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
-    let live = api.get_opt(&n.name).await.map_err(|e| api_error(format!("cannot read namespace {}", n.name), e))?;
+    let live = api
+        .get_opt(&n.name)
+        .await
+        .map_err(|e| api_error(format!("cannot read namespace {}", n.name), e))?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let Some(live) = live else {
         let mut labels = n.labels.clone();
@@ -31,16 +34,27 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
         api.patch(&n.name, &pp, &Patch::Apply(&object))
             .await
             .map_err(|e| api_error(format!("cannot create namespace {}", n.name), e))?;
-        return Ok(Outcome::Changed { summary: format!("created namespace {}{}", n.name, labelled(&n.labels)) });
+        return Ok(Outcome::Changed {
+            summary: format!("created namespace {}{}", n.name, labelled(&n.labels)),
+        });
     };
     if live.metadata.deletion_timestamp.is_some() {
-        return Err(StepError::transient(format!("namespace {} is being deleted", n.name)));
+        return Err(StepError::transient(format!(
+            "namespace {} is being deleted",
+            n.name
+        )));
     }
     let live_labels = live.metadata.labels.clone().unwrap_or_default();
-    let missing: BTreeMap<String, String> =
-        n.labels.iter().filter(|(k, v)| live_labels.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let missing: BTreeMap<String, String> = n
+        .labels
+        .iter()
+        .filter(|(k, v)| live_labels.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if missing.is_empty() {
-        return Ok(Outcome::Unchanged { summary: format!("namespace {} exists{}", n.name, labelled(&n.labels)) });
+        return Ok(Outcome::Unchanged {
+            summary: format!("namespace {} exists{}", n.name, labelled(&n.labels)),
+        });
     }
     // Server-side apply makes this manager's applied labels the whole set it owns: keep the
     // labels and annotations it already owns (set by this or another step, including the plan
@@ -48,7 +62,10 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     let live_value = serde_json::to_value(&live).unwrap_or(Value::Null);
     let live_annotations = live.metadata.annotations.clone().unwrap_or_default();
     let keep = |map: &str, live: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-        owned_keys(&live_value, FIELD_MANAGER, map).into_iter().filter_map(|k| live.get(&k).map(|v| (k, v.clone()))).collect()
+        owned_keys(&live_value, FIELD_MANAGER, map)
+            .into_iter()
+            .filter_map(|k| live.get(&k).map(|v| (k, v.clone())))
+            .collect()
     };
     let mut labels = keep("f:labels", &live_labels);
     labels.extend(n.labels.clone());
@@ -61,7 +78,9 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     api.patch(&n.name, &pp, &Patch::Apply(&object))
         .await
         .map_err(|e| api_error(format!("cannot label namespace {}", n.name), e))?;
-    Ok(Outcome::Changed { summary: format!("labelled namespace {}{}", n.name, labelled(&missing)) })
+    Ok(Outcome::Changed {
+        summary: format!("labelled namespace {}{}", n.name, labelled(&missing)),
+    })
 }
 
 pub async fn teardown(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
@@ -69,14 +88,21 @@ pub async fn teardown(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome
     let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name}});
     let target = kube.locate(&object, "default", Duration::ZERO).await?;
     match kube.delete_owned(&target, &ctx.plan_name).await? {
-        DeleteOutcome::Gone => Ok(Outcome::Unchanged { summary: format!("namespace {} already gone", n.name) }),
+        DeleteOutcome::Gone => Ok(Outcome::Unchanged {
+            summary: format!("namespace {} already gone", n.name),
+        }),
         DeleteOutcome::NotOurs => Ok(Outcome::Unchanged {
-            summary: format!("namespace {} was not created by this plan; left alone", n.name),
+            summary: format!(
+                "namespace {} was not created by this plan; left alone",
+                n.name
+            ),
         }),
         DeleteOutcome::Deleted { uid } => {
             ctx.progress(format!("waiting for namespace {} to go", n.name));
             target.deleted(&uid).await?;
-            Ok(Outcome::Changed { summary: format!("deleted namespace {}", n.name) })
+            Ok(Outcome::Changed {
+                summary: format!("deleted namespace {}", n.name),
+            })
         }
     }
 }
@@ -90,7 +116,12 @@ fn owned_keys(object: &Value, manager: &str, map: &str) -> Vec<String> {
         .flatten()
         .filter(|e| e["manager"] == manager && e["operation"] == "Apply")
         .filter_map(|e| e["fieldsV1"]["f:metadata"][map].as_object())
-        .flat_map(|labels| labels.keys().filter_map(|k| k.strip_prefix("f:")).map(str::to_string))
+        .flat_map(|labels| {
+            labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("f:"))
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -113,6 +144,9 @@ mod tests {
              "fieldsV1": {"f:metadata": {"f:labels": {"f:istio-injection": {}, "f:bookinfo-up.io/plan": {}}}}},
             {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:other": {}}}}}
         ]}});
-        assert_eq!(owned_keys(&ns, "bookinfo-up", "f:labels"), vec!["bookinfo-up.io/plan", "istio-injection"]);
+        assert_eq!(
+            owned_keys(&ns, "bookinfo-up", "f:labels"),
+            vec!["bookinfo-up.io/plan", "istio-injection"]
+        );
     }
 }

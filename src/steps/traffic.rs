@@ -45,5 +45,7 @@ pub async fn run(t: &Traffic, ctx: &StepCtx) -> StepResult<Outcome> {
             last_error.unwrap_or_default()
         )));
     }
-    Ok(Outcome::Unchanged { summary: format!("{ok}/{} requests succeeded", t.requests) })
+    Ok(Outcome::Unchanged {
+        summary: format!("{ok}/{} requests succeeded", t.requests),
+    })
 }

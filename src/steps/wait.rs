@@ -1,8 +1,745 @@
-//! PLACEHOLDER: being written.
+//! The `wait` step: watch until Deployments have rolled out (`kubectl rollout status`
+//! semantics), pods are ready, CRDs are established and admission webhooks serve. Every wait
+//! is a kube-runtime watch with no timeout of its own: the runner bounds the step, and on
+//! timeout calls `explain`, which says what is not ready, why, and the latest events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, try_join_all};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::Selector;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use serde::de::DeserializeOwned;
+
 use crate::error::{StepError, StepResult};
+use crate::kube::apply::Located;
+use crate::kube::readiness::{self, Readiness};
+use crate::kube::{FIELD_MANAGER, Kube, api_error, events};
 use crate::plan::model;
 use crate::run::{Outcome, StepCtx};
 
-pub async fn run(_a: &model::Wait, _ctx: &StepCtx) -> StepResult<Outcome> {
-    Err(StepError::fatal("not yet"))
+/// How long a probe object's kind may stay unknown to discovery.
+const DISCOVERY_PATIENCE: Duration = Duration::from_secs(30);
+/// Backoff between webhook probes while the webhook does not serve.
+const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// How many not-ready objects, and events per object, `explain` shows.
+const EXPLAIN_OBJECTS: usize = 3;
+const EXPLAIN_EVENTS: usize = 5;
+
+pub async fn run(w: &model::Wait, ctx: &StepCtx) -> StepResult<Outcome> {
+    let kube = ctx.kube()?;
+    let board = Board::new(ctx, w);
+    let mut waits: Vec<BoxFuture<'_, StepResult<Done>>> = Vec::new();
+    for name in &w.crds {
+        waits.push(crd(kube, name, &board).boxed());
+    }
+    for (ns, name) in &w.rollout {
+        waits.push(rollout(kube, ns, name, &board).boxed());
+    }
+    if let Some(p) = &w.pods {
+        waits.push(pods(kube, p, &board).boxed());
+    }
+    for m in &w.webhook_probe {
+        waits.push(webhook(kube, &m.object, &board).boxed());
+    }
+    if waits.is_empty() {
+        return Err(StepError::fatal("nothing to wait for"));
+    }
+    let done = try_join_all(waits).await?;
+
+    let deployments: BTreeSet<&String> = done
+        .iter()
+        .filter_map(|d| {
+            if let Done::Deployments(n) = d {
+                Some(n)
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .collect();
+    let pods: usize = done
+        .iter()
+        .map(|d| if let Done::Pods(n) = d { *n } else { 0 })
+        .sum();
+    let crds = done.iter().filter(|d| matches!(d, Done::Crd)).count();
+    let probes = done.iter().filter(|d| matches!(d, Done::Probe)).count();
+    let mut parts = Vec::new();
+    if !w.rollout.is_empty() {
+        parts.push(format!(
+            "{} deployment{} rolled out",
+            deployments.len(),
+            plural(deployments.len())
+        ));
+    }
+    if w.pods.is_some() {
+        parts.push(format!("{pods} pod{} ready", plural(pods)));
+    }
+    if crds > 0 {
+        parts.push(format!("{crds} CRD{} established", plural(crds)));
+    }
+    if probes > 0 {
+        parts.push(format!(
+            "webhooks serving ({probes} probe{} admitted)",
+            plural(probes)
+        ));
+    }
+    Ok(Outcome::Unchanged {
+        summary: parts.join(", "),
+    })
+}
+
+/// What one wait found ready.
+enum Done {
+    /// `namespace/name` of each Deployment rolled out.
+    Deployments(Vec<String>),
+    Pods(usize),
+    Crd,
+    Probe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Category {
+    Crds,
+    Deployments,
+    Pods,
+    Webhooks,
+}
+
+impl Category {
+    fn label(self) -> &'static str {
+        match self {
+            Category::Crds => "CRDs",
+            Category::Deployments => "deployments",
+            Category::Pods => "pods",
+            Category::Webhooks => "webhook probes",
+        }
+    }
+}
+
+/// What is not ready and why, as the concurrent waits last saw it. Every change is sent as
+/// step progress, so the latest state is with the reporters even after the runner's timeout
+/// drops the waits.
+struct Board<'a> {
+    ctx: &'a StepCtx,
+    /// Deployments are named without their namespace when the step has only one.
+    one_namespace: bool,
+    state: Mutex<BoardState>,
+}
+
+#[derive(Default)]
+struct BoardState {
+    /// Per wait: its category and its objects, `None` when ready, else why not.
+    scopes: BTreeMap<String, (Category, BTreeMap<String, Option<String>>)>,
+    last: String,
+}
+
+impl<'a> Board<'a> {
+    fn new(ctx: &'a StepCtx, w: &model::Wait) -> Self {
+        let namespaces: BTreeSet<&str> = w.rollout.iter().map(|(ns, _)| ns.as_str()).collect();
+        Self {
+            ctx,
+            one_namespace: namespaces.len() <= 1,
+            state: Mutex::new(BoardState::default()),
+        }
+    }
+
+    fn deployment_name(&self, ns: &str, name: &str) -> String {
+        if self.one_namespace {
+            name.to_string()
+        } else {
+            format!("{ns}/{name}")
+        }
+    }
+
+    /// Replaces what the wait `scope` reports.
+    fn set(&self, scope: &str, category: Category, items: BTreeMap<String, Option<String>>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.scopes.insert(scope.to_string(), (category, items));
+        let message = describe(&state.scopes);
+        if message != state.last && !message.is_empty() {
+            state.last = message.clone();
+            self.ctx.progress(message);
+        }
+    }
+}
+
+/// "waiting for 3/6 deployments: reviews-v2 (1/2 ready), …; 1/1 CRDs: …"
+fn describe(scopes: &BTreeMap<String, (Category, BTreeMap<String, Option<String>>)>) -> String {
+    let mut by_category: BTreeMap<Category, BTreeMap<&str, &Option<String>>> = BTreeMap::new();
+    for (category, items) in scopes.values() {
+        let entry = by_category.entry(*category).or_default();
+        for (name, status) in items {
+            entry.insert(name, status);
+        }
+    }
+    let mut parts = Vec::new();
+    for (category, items) in by_category {
+        let waiting: Vec<String> = items
+            .iter()
+            .filter_map(|(name, status)| status.as_ref().map(|why| format!("{name} ({why})")))
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        let shown = waiting
+            .iter()
+            .take(EXPLAIN_OBJECTS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if waiting.len() > EXPLAIN_OBJECTS {
+            ", …"
+        } else {
+            ""
+        };
+        parts.push(format!(
+            "{}/{} {}: {shown}{more}",
+            waiting.len(),
+            items.len(),
+            category.label()
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("waiting for {}", parts.join("; "))
+    }
+}
+
+/// Watches the objects `api` and `config` select, keeping a local copy of them, and asks
+/// `judge` after every change whether the wait is over. Watch errors are retried with the
+/// watcher's backoff, except a refusal to list or watch at all.
+async fn watch_until<K, T>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    mut judge: impl FnMut(&BTreeMap<String, K>) -> Option<StepResult<T>>,
+) -> StepResult<T>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut stream = pin!(watcher(api, config).default_backoff());
+    let mut store: BTreeMap<String, K> = BTreeMap::new();
+    let mut listing: BTreeMap<String, K> = BTreeMap::new();
+    let mut synced = false;
+    let name = |o: &K| o.meta().name.clone().unwrap_or_default();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => {
+                listing.clear();
+                continue;
+            }
+            Ok(Event::InitApply(o)) => {
+                listing.insert(name(&o), o);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                store = std::mem::take(&mut listing);
+                synced = true;
+            }
+            Ok(Event::Apply(o)) => {
+                store.insert(name(&o), o);
+            }
+            Ok(Event::Delete(o)) => {
+                store.remove(&name(&o));
+            }
+            Err(
+                watcher::Error::InitialListFailed(kube::Error::Api(s))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+            ) if s.code == 403 || s.code == 401 => {
+                return Err(StepError::fatal(format!(
+                    "not allowed to watch: {}",
+                    s.message
+                )));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watch interrupted; resuming");
+                continue;
+            }
+        }
+        if synced && let Some(verdict) = judge(&store) {
+            return verdict;
+        }
+    }
+    Err(StepError::transient("the watch ended"))
+}
+
+async fn crd(kube: &Kube, name: &str, board: &Board<'_>) -> StepResult<Done> {
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
+    let scope = format!("crd {name}");
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watch_until(api, config, |store| {
+        let status = match store.get(name).map(readiness::crd) {
+            None => Some("not found yet".to_string()),
+            Some(Readiness::Ready) => None,
+            Some(Readiness::Waiting(why)) => Some(why),
+            Some(Readiness::Failed(why)) => {
+                return Some(Err(StepError::fatal(format!(
+                    "CRD {name} will not become established: {why}"
+                ))));
+            }
+        };
+        let ready = status.is_none();
+        board.set(
+            &scope,
+            Category::Crds,
+            BTreeMap::from([(name.to_string(), status)]),
+        );
+        ready.then_some(Ok(Done::Crd))
+    })
+    .await
+}
+
+async fn rollout(kube: &Kube, ns: &str, name: &str, board: &Board<'_>) -> StepResult<Done> {
+    let api: kube::Api<Deployment> = kube::Api::namespaced(kube.client.clone(), ns);
+    let scope = format!("rollout {ns}/{name}");
+    let every = name == "*";
+    let config = if every {
+        watcher::Config::default()
+    } else {
+        watcher::Config::default().fields(&format!("metadata.name={name}"))
+    };
+    watch_until(api, config, |store| {
+        if store.is_empty() {
+            let why = if every {
+                "no Deployment in the namespace yet"
+            } else {
+                "not found yet"
+            };
+            board.set(
+                &scope,
+                Category::Deployments,
+                BTreeMap::from([(board.deployment_name(ns, name), Some(why.into()))]),
+            );
+            return None;
+        }
+        let mut items = BTreeMap::new();
+        for (n, d) in store {
+            let status = match readiness::deployment(d) {
+                Readiness::Ready => None,
+                Readiness::Waiting(why) => Some(why),
+                Readiness::Failed(why) => {
+                    return Some(Err(StepError::fatal(format!("deployment {ns}/{n} {why}"))));
+                }
+            };
+            items.insert(board.deployment_name(ns, n), status);
+        }
+        let ready = items.values().all(Option::is_none);
+        board.set(&scope, Category::Deployments, items);
+        ready.then(|| {
+            Ok(Done::Deployments(
+                store.keys().map(|n| format!("{ns}/{n}")).collect(),
+            ))
+        })
+    })
+    .await
+}
+
+async fn pods(kube: &Kube, p: &model::PodsReady, board: &Board<'_>) -> StepResult<Done> {
+    let api: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), &p.namespace);
+    let scope = format!("pods {}", p.namespace);
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &p.selector {
+        config = config.labels(selector);
+    }
+    watch_until(api, config, |store| {
+        let live: Vec<(&String, &Pod)> = store
+            .iter()
+            .filter(|(_, pod)| !readiness::pod_is_gone(pod))
+            .collect();
+        if live.is_empty() {
+            let what = pods_display(p);
+            board.set(
+                &scope,
+                Category::Pods,
+                BTreeMap::from([(what, Some("no pods yet".into()))]),
+            );
+            return None;
+        }
+        let items: BTreeMap<String, Option<String>> = live
+            .iter()
+            .map(|(n, pod)| {
+                let status = match readiness::pod(pod, p.containers, p.container.as_deref()) {
+                    Readiness::Ready => None,
+                    Readiness::Waiting(why) | Readiness::Failed(why) => Some(why),
+                };
+                ((*n).clone(), status)
+            })
+            .collect();
+        let ready = items.values().all(Option::is_none);
+        let count = items.len();
+        board.set(&scope, Category::Pods, items);
+        ready.then_some(Ok(Done::Pods(count)))
+    })
+    .await
+}
+
+fn pods_display(p: &model::PodsReady) -> String {
+    match &p.selector {
+        Some(s) => format!("{} pods ({s})", p.namespace),
+        None => format!("{} pods", p.namespace),
+    }
+}
+
+/// Probes admission with a server-side dry-run apply of `object`, retried with backoff while
+/// the webhook does not serve yet (its Service has no endpoints, the connection is refused,
+/// the call fails). Any other refusal is an error: the probe object itself is wrong.
+async fn webhook(kube: &Kube, object: &serde_json::Value, board: &Board<'_>) -> StepResult<Done> {
+    let target = kube.locate(object, "default", DISCOVERY_PATIENCE).await?;
+    let scope = format!("webhook {}", target.display());
+    let mut delay = PROBE_BACKOFF.0;
+    loop {
+        match probe(&target).await {
+            Ok(()) => {
+                board.set(
+                    &scope,
+                    Category::Webhooks,
+                    BTreeMap::from([(target.display(), None)]),
+                );
+                return Ok(Done::Probe);
+            }
+            Err(e) if webhook_not_serving(&e) => {
+                let why = short(&e);
+                board.set(
+                    &scope,
+                    Category::Webhooks,
+                    BTreeMap::from([(target.display(), Some(why))]),
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(PROBE_BACKOFF.1);
+            }
+            Err(e) => {
+                return Err(api_error(
+                    format!("the webhook probe {} was refused", target.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+async fn probe(target: &Located) -> Result<(), kube::Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    target
+        .api
+        .patch(&target.name, &pp, &Patch::Apply(&target.object))
+        .await
+        .map(|_| ())
+}
+
+/// Whether an error says an admission webhook is not serving yet, rather than that it
+/// refused the object.
+fn webhook_not_serving(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            let m = s.message.to_lowercase();
+            s.code >= 500
+                || [
+                    "failed calling webhook",
+                    "connection refused",
+                    "no endpoints available",
+                    "context deadline exceeded",
+                    "i/o timeout",
+                ]
+                .iter()
+                .any(|needle| m.contains(needle))
+        }
+        // The API server itself could not be reached for a moment.
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+fn short(e: &kube::Error) -> String {
+    let text = match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    };
+    let mut text: String = text.chars().take(160).collect();
+    if text.len() < e.to_string().len() {
+        text.push('…');
+    }
+    text
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// What of `w` is not ready now and why, with the latest events of those objects (and of the
+/// pods of a Deployment that is not ready), one line each. The runner calls this when the
+/// step times out, to build its error.
+pub async fn explain(w: &model::Wait, kube: &Kube) -> String {
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    for name in &w.crds {
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
+        match api.get_opt(name).await {
+            Ok(None) => out.push(format!("CRD {name}: does not exist")),
+            Ok(Some(c)) => match readiness::crd(&c) {
+                Readiness::Ready => {}
+                Readiness::Waiting(why) | Readiness::Failed(why) => {
+                    out.push(format!("CRD {name}: {why}"))
+                }
+            },
+            Err(e) => out.push(format!("CRD {name}: cannot read it: {e}")),
+        }
+    }
+    for (ns, name) in &w.rollout {
+        explain_rollout(kube, ns, name, now, &mut out).await;
+    }
+    if let Some(p) = &w.pods {
+        explain_pods(kube, p, now, &mut out).await;
+    }
+    for m in &w.webhook_probe {
+        match kube.locate(&m.object, "default", Duration::ZERO).await {
+            Err(e) => out.push(format!(
+                "webhook probe {}: {}",
+                crate::steps::object_name(&m.object, None),
+                e.message
+            )),
+            Ok(target) => {
+                if let Err(e) = probe(&target).await {
+                    out.push(format!("webhook probe {}: {}", target.display(), short(&e)));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        "everything this step waits for is ready now".to_string()
+    } else {
+        out.join("\n")
+    }
+}
+
+async fn explain_rollout(kube: &Kube, ns: &str, name: &str, now: Timestamp, out: &mut Vec<String>) {
+    let api: kube::Api<Deployment> = kube::Api::namespaced(kube.client.clone(), ns);
+    let deployments = if name == "*" {
+        match api.list(&ListParams::default()).await {
+            Ok(list) if list.items.is_empty() => {
+                out.push(format!("namespace {ns} has no Deployment"));
+                return;
+            }
+            Ok(list) => list.items,
+            Err(e) => {
+                out.push(format!("cannot list the deployments of {ns}: {e}"));
+                return;
+            }
+        }
+    } else {
+        match api.get_opt(name).await {
+            Ok(Some(d)) => vec![d],
+            Ok(None) => {
+                out.push(format!("deployment {ns}/{name}: does not exist"));
+                return;
+            }
+            Err(e) => {
+                out.push(format!("deployment {ns}/{name}: cannot read it: {e}"));
+                return;
+            }
+        }
+    };
+    for d in deployments {
+        let why = match readiness::deployment(&d) {
+            Readiness::Ready => continue,
+            Readiness::Waiting(why) | Readiness::Failed(why) => why,
+        };
+        let dname = d.metadata.name.clone().unwrap_or_default();
+        out.push(format!("deployment {ns}/{dname}: {why}"));
+        push_events(kube, ns, "Deployment", &dname, now, out).await;
+        let Some(selector) = d
+            .spec
+            .as_ref()
+            .and_then(|s| Selector::try_from(s.selector.clone()).ok())
+        else {
+            continue;
+        };
+        let lp = ListParams::default().labels_from(&selector);
+        // The newest ReplicaSet says why pods could not be created (quota, admission).
+        let replicasets: kube::Api<ReplicaSet> = kube::Api::namespaced(kube.client.clone(), ns);
+        if let Ok(list) = replicasets.list(&lp).await
+            && let Some(rs) = list
+                .items
+                .iter()
+                .filter(|rs| {
+                    rs.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.uid == d.metadata.uid.clone().unwrap_or_default())
+                })
+                .max_by_key(|rs| revision(rs))
+        {
+            push_events(
+                kube,
+                ns,
+                "ReplicaSet",
+                rs.metadata.name.as_deref().unwrap_or_default(),
+                now,
+                out,
+            )
+            .await;
+        }
+        let pods: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), ns);
+        match pods.list(&lp).await {
+            Ok(list) => {
+                for pod in list.items.iter().filter(|p| !readiness::pod_is_gone(p)) {
+                    if let Readiness::Waiting(why) = readiness::pod(pod, None, None) {
+                        let pname = pod.metadata.name.clone().unwrap_or_default();
+                        out.push(format!("  pod {ns}/{pname}: {why}"));
+                        push_events(kube, ns, "Pod", &pname, now, out).await;
+                    }
+                }
+            }
+            Err(e) => out.push(format!("  cannot list its pods: {e}")),
+        }
+    }
+}
+
+async fn explain_pods(kube: &Kube, p: &model::PodsReady, now: Timestamp, out: &mut Vec<String>) {
+    let api: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), &p.namespace);
+    let mut lp = ListParams::default();
+    if let Some(s) = &p.selector {
+        lp = lp.labels(s);
+    }
+    let list = match api.list(&lp).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            out.push(format!("cannot list {}: {e}", pods_display(p)));
+            return;
+        }
+    };
+    let live: Vec<&Pod> = list
+        .iter()
+        .filter(|pod| !readiness::pod_is_gone(pod))
+        .collect();
+    if live.is_empty() {
+        out.push(format!("{}: none exist", pods_display(p)));
+        return;
+    }
+    let waiting: Vec<(&Pod, String)> = live
+        .iter()
+        .filter_map(
+            |pod| match readiness::pod(pod, p.containers, p.container.as_deref()) {
+                Readiness::Ready => None,
+                Readiness::Waiting(why) | Readiness::Failed(why) => Some((*pod, why)),
+            },
+        )
+        .collect();
+    if waiting.is_empty() {
+        return;
+    }
+    out.push(format!(
+        "{}: {}/{} not ready",
+        pods_display(p),
+        waiting.len(),
+        live.len()
+    ));
+    for (pod, why) in waiting.iter().take(EXPLAIN_OBJECTS) {
+        let pname = pod.metadata.name.clone().unwrap_or_default();
+        out.push(format!("  pod {}/{pname}: {why}", p.namespace));
+        push_events(kube, &p.namespace, "Pod", &pname, now, out).await;
+    }
+    if waiting.len() > EXPLAIN_OBJECTS {
+        out.push(format!("  and {} more", waiting.len() - EXPLAIN_OBJECTS));
+    }
+}
+
+async fn push_events(
+    kube: &Kube,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    now: Timestamp,
+    out: &mut Vec<String>,
+) {
+    match kube.latest_events(ns, kind, name, EXPLAIN_EVENTS).await {
+        Ok(list) => {
+            for line in events::format(&list, now) {
+                out.push(format!("    {kind} {name}: {line}"));
+            }
+        }
+        Err(e) => out.push(format!("    {}", e.message)),
+    }
+}
+
+fn revision(rs: &ReplicaSet) -> u64 {
+    rs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_message_names_what_waits() {
+        let mut scopes = BTreeMap::new();
+        scopes.insert(
+            "rollout bookinfo/*".to_string(),
+            (
+                Category::Deployments,
+                BTreeMap::from([
+                    ("details-v1".to_string(), None),
+                    ("reviews-v2".to_string(), Some("1/2 ready".to_string())),
+                    ("ratings-v1".to_string(), None),
+                ]),
+            ),
+        );
+        assert_eq!(
+            describe(&scopes),
+            "waiting for 1/3 deployments: reviews-v2 (1/2 ready)"
+        );
+        scopes.insert(
+            "crd gateways".to_string(),
+            (
+                Category::Crds,
+                BTreeMap::from([("gateways.networking.istio.io".to_string(), None)]),
+            ),
+        );
+        assert_eq!(
+            describe(&scopes),
+            "waiting for 1/3 deployments: reviews-v2 (1/2 ready)"
+        );
+        scopes
+            .get_mut("rollout bookinfo/*")
+            .unwrap()
+            .1
+            .insert("reviews-v2".into(), None);
+        assert_eq!(describe(&scopes), "");
+    }
+
+    #[test]
+    fn webhook_errors_that_mean_not_serving() {
+        let status = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "InternalError")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(webhook_not_serving(&status(
+            500,
+            "Internal error occurred: failed calling webhook \"validation.istio.io\": connection refused"
+        )));
+        assert!(!webhook_not_serving(&status(
+            400,
+            "admission webhook \"validation.istio.io\" denied the request"
+        )));
+    }
 }

@@ -1,14 +1,18 @@
 //! Shared test fixtures: the testbed (tier 1) and throwaway kwok clusters built from it.
 //!
 //! Tests that need the testbed call `testbed()`: outside CI a missing testbed skips the test
-//! with one line naming `just testbed`; under `CI=true` it fails the test.
+//! with one line naming `bash testbed/build.sh`; under `CI=true` it fails the test.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-/// The testbed's binaries and Istio content, from `eval "$(just testbed-env)"`.
+/// The testbed's binaries and Istio content, from `eval "$(bash testbed/env.sh)"`.
 pub struct Testbed {
     pub bin: PathBuf,
     pub istio: PathBuf,
@@ -23,9 +27,14 @@ pub fn testbed() -> Option<Testbed> {
         }
         _ => {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the testbed is missing or broken under CI=true: run `just testbed` and `eval \"$(just testbed-env)\"`");
+                panic!(
+                    "the testbed is missing or broken under CI=true: run `bash testbed/build.sh` \
+                     and `eval \"$(bash testbed/env.sh)\"`"
+                );
             }
-            eprintln!("skipped: needs the testbed; run `just testbed` then `eval \"$(just testbed-env)\"`");
+            eprintln!(
+                "skipped: needs the testbed; run `bash testbed/build.sh` then `eval \"$(bash testbed/env.sh)\"`"
+            );
             None
         }
     }
@@ -40,54 +49,164 @@ impl Testbed {
     }
 
     pub fn path_env(&self) -> String {
-        format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default())
+        format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
     }
 }
 
 /// Admission plugins switched off on simulated clusters: without a real istiod, Istio's
 /// webhooks (failurePolicy Fail) would reject every pod and Istio object.
-pub const NO_WEBHOOKS: &str =
-    "kube-apiserver=disable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy";
+pub const NO_WEBHOOKS: &str = "kube-apiserver=disable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy";
+
+/// Serialises `kwokctl create cluster` across test threads and processes. kwokctl picks each
+/// component's port as the first free one counting down from 32767 and only avoids the ports
+/// of clusters in its own KWOK_WORKDIR, so two clusters created at once (each in its own
+/// workdir) can be handed the same ports. The lock is held until every port is listened on.
+const CREATE_LOCK: &str = "bookinfo-up-kwokctl-create.lock";
 
 /// A kwok cluster (binary runtime) made from the testbed's binaries, deleted on drop.
+///
+/// Everything it writes stays in its temporary workdir: kwokctl's state (KWOK_WORKDIR), the
+/// kubeconfig (given explicitly to create and delete, so `~/.kube/config` is never touched)
+/// and kubectl's discovery cache. `create` makes no node: `scale_nodes` adds untainted ones.
 pub struct KwokCluster {
     pub name: String,
     pub kubeconfig: PathBuf,
     pub workdir: tempfile::TempDir,
+    bin: PathBuf,
     path_env: String,
+    deleted: AtomicBool,
 }
 
 impl KwokCluster {
     pub fn create(tb: &Testbed, name: &str) -> Self {
-        let workdir = tempfile::Builder::new().prefix("bookinfo-up-kwok-").tempdir().unwrap();
+        let workdir = tempfile::Builder::new()
+            .prefix("bookinfo-up-kwok-")
+            .tempdir()
+            .unwrap();
         let kubeconfig = workdir.path().join("kubeconfig");
-        let out = tb
-            .cmd("kwokctl")
-            .env("KWOK_WORKDIR", workdir.path())
-            .args(["create", "cluster", "--name", name, "--runtime", "binary", "--wait", "60s"])
+        let cluster = Self {
+            name: name.to_string(),
+            kubeconfig,
+            workdir,
+            bin: tb.bin.clone(),
+            path_env: tb.path_env(),
+            deleted: AtomicBool::new(false),
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join(CREATE_LOCK))
+            .expect("create lock file opens");
+        lock.lock().expect("create lock");
+        let out = cluster
+            .kwokctl()
+            .args([
+                "create",
+                "cluster",
+                "--name",
+                name,
+                "--runtime",
+                "binary",
+                "--wait",
+                "120s",
+            ])
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(&cluster.kubeconfig)
             .args(["--extra-args", NO_WEBHOOKS])
+            .output()
+            .expect("kwokctl runs");
+        if !out.status.success() {
+            let logs = cluster.component_logs();
+            cluster.delete();
+            panic!(
+                "kwokctl create cluster failed:\n{}{}\n{logs}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Err(e) = cluster.wait_ports_listening(Duration::from_secs(60)) {
+            let logs = cluster.component_logs();
+            cluster.delete();
+            panic!("kwok cluster {name} did not come up: {e}\n{logs}");
+        }
+        drop(lock);
+        cluster
+    }
+
+    /// kwokctl for this cluster: binary runtime, the testbed's binaries (never a download),
+    /// this cluster's workdir and kubeconfig.
+    pub fn kwokctl(&self) -> Command {
+        let mut c = Command::new(self.bin.join("kwokctl"));
+        c.env("PATH", &self.path_env)
+            .env("KWOK_WORKDIR", self.workdir.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KWOK_RUNTIME", "binary")
+            .env(
+                "KWOK_KUBE_APISERVER_BINARY",
+                self.bin.join("kube-apiserver"),
+            )
+            .env(
+                "KWOK_KUBE_CONTROLLER_MANAGER_BINARY",
+                self.bin.join("kube-controller-manager"),
+            )
+            .env(
+                "KWOK_KUBE_SCHEDULER_BINARY",
+                self.bin.join("kube-scheduler"),
+            )
+            .env("KWOK_KUBECTL_BINARY", self.bin.join("kubectl"))
+            .env("KWOK_CONTROLLER_BINARY", self.bin.join("kwok"))
+            .env("KWOK_ETCD_BINARY", self.bin.join("etcd"));
+        c
+    }
+
+    /// Adds simulated nodes (`kwokctl scale node`): Ready, no taints, 32 CPU / 256 Gi each.
+    pub fn scale_nodes(&self, replicas: u32) {
+        let out = self
+            .kwokctl()
+            .args([
+                "scale",
+                "node",
+                "--name",
+                &self.name,
+                "--replicas",
+                &replicas.to_string(),
+            ])
             .output()
             .expect("kwokctl runs");
         assert!(
             out.status.success(),
-            "kwokctl create cluster failed:\n{}{}",
+            "kwokctl scale node failed:\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Self { name: name.to_string(), kubeconfig, workdir, path_env: tb.path_env() }
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "nodes",
+            "--all",
+            "--timeout=60s",
+        ]);
     }
 
     /// kubectl against this cluster, for assertions (the product itself never runs kubectl).
-    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .env("PATH", &self.path_env)
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args).output().expect("kubectl runs")
+    }
+
+    fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin.join("kubectl"));
+        c.env("PATH", &self.path_env)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl runs")
+            .arg("--cache-dir")
+            .arg(self.workdir.path().join("kubectl-cache"))
+            .args(args);
+        c
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
@@ -100,16 +219,124 @@ impl KwokCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl apply -f -` of an inline manifest.
+    pub fn apply(&self, yaml: &str) -> String {
+        let mut child = self
+            .kubectl_cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn workdir(&self) -> &Path {
         self.workdir.path()
     }
 
+    /// kwokctl's own directory for this cluster (config, pki, logs, etcd data).
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.workdir.path().join("clusters").join(&self.name)
+    }
+
+    /// Stops and deletes the cluster; later calls (and drop) do nothing.
     pub fn delete(&self) {
-        let _ = Command::new("kwokctl")
-            .env("PATH", &self.path_env)
-            .env("KWOK_WORKDIR", self.workdir.path())
+        if self.deleted.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self
+            .kwokctl()
             .args(["delete", "cluster", "--name", &self.name])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
             .output();
+    }
+
+    /// Running processes of this cluster: `pid: command line` of every process whose
+    /// command line names the cluster's workdir (kwokctl starts each component from
+    /// `<workdir>/clusters/<name>/bin/` with flags pointing into that directory).
+    pub fn processes(&self) -> Vec<String> {
+        processes_mentioning(&self.workdir.path().to_string_lossy())
+    }
+
+    /// Waits until the cluster has no process left; returns those still running after `limit`.
+    pub fn wait_no_processes(&self, limit: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.processes();
+            if left.is_empty() || start.elapsed() > limit {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The ports the cluster's components are configured with (from kwokctl's kwok.yaml).
+    fn ports(&self) -> BTreeSet<u16> {
+        let conf =
+            std::fs::read_to_string(self.cluster_dir().join("kwok.yaml")).unwrap_or_default();
+        conf.lines()
+            .filter_map(|l| {
+                let (key, value) = l.trim().split_once(':')?;
+                let key = key.trim_start_matches("- ");
+                (key == "port" || key == "hostPort" || key.ends_with("Port")).then_some(())?;
+                value.trim().parse::<u16>().ok().filter(|p| *p != 0)
+            })
+            .collect()
+    }
+
+    fn wait_ports_listening(&self, limit: Duration) -> Result<(), String> {
+        let want = self.ports();
+        if want.is_empty() {
+            return Err("no ports found in kwok.yaml".into());
+        }
+        let start = Instant::now();
+        loop {
+            let listening = listening_ports();
+            let missing: Vec<u16> = want.difference(&listening).copied().collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "ports {missing:?} of {want:?} not listened on after {limit:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The last lines of each component's log, for failure messages.
+    pub fn component_logs(&self) -> String {
+        let mut s = String::new();
+        let Ok(entries) = std::fs::read_dir(self.cluster_dir().join("logs")) else {
+            return s;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            s.push_str(&format!("--- {} (last lines)\n", p.display()));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
     }
 }
 
@@ -117,4 +344,48 @@ impl Drop for KwokCluster {
     fn drop(&mut self) {
         self.delete();
     }
+}
+
+/// `pid: command line` of every process (other than this one) whose command line contains
+/// `needle`, read from /proc.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid}: {}", cmdline.trim_end()));
+        }
+    }
+    found
+}
+
+/// TCP ports in LISTEN state in this network namespace (read from /proc/net/tcp{,6}, which
+/// unlike a test bind cannot steal a port from a component about to bind it).
+fn listening_ports() -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 3 && cols[3] == "0A" {
+                if let Some((_, port)) = cols[1].rsplit_once(':') {
+                    if let Ok(p) = u16::from_str_radix(port, 16) {
+                        ports.insert(p);
+                    }
+                }
+            }
+        }
+    }
+    ports
 }

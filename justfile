@@ -1,0 +1,52 @@
+# bookinfo-up recipes. `just` lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Load the testbed into the environment when it exists; under CI=true its absence is an error.
+testbed_env := 'if tb="$(bash testbed/env.sh 2>/dev/null)"; then eval "$tb"; elif [ "${CI:-}" = true ]; then echo "error: the testbed is missing; run \`just testbed\`" >&2; exit 1; fi'
+
+default:
+    @just --list
+
+# Build the tier-1 control plane and tools from source into ~/.cache/bookinfo-up (cached)
+testbed:
+    bash testbed/build.sh
+
+# Print `export` lines for the testbed: eval "$(just testbed-env)"
+testbed-env:
+    @bash testbed/env.sh
+
+# Remove the testbed cache (binaries, Go module and build caches)
+testbed-clean:
+    rm -rf "${BOOKINFO_UP_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bookinfo-up/testbed}"
+
+build:
+    cargo build --release
+
+# Every test: unit, plan analysis snapshots, and the live tests on testbed clusters
+test:
+    {{testbed_env}}; cargo test --all-targets --no-fail-fast
+
+# Formatting, lints, and no `dbg!`/`todo!` on main
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+    ! grep -rnE '\b(dbg|todo|unimplemented)!' src tests
+
+# What CI runs after `just testbed`
+ci: lint test
+
+# The seed's flow on a simulated kwok cluster (needs `just testbed`); prints its time
+sim: build
+    {{testbed_env}}; start=$(date +%s.%N); target/release/bookinfo-up plans/sim.toml; echo "sim took $(echo "$(date +%s.%N) - $start" | bc) s"
+
+# Take the simulated cluster down
+sim-down: build
+    {{testbed_env}}; target/release/bookinfo-down plans/sim.toml
+
+# The real playground on kind (needs Docker and internet)
+up: build
+    target/release/bookinfo-up plans/bookinfo.toml
+
+down: build
+    target/release/bookinfo-down plans/bookinfo.toml
