@@ -98,7 +98,14 @@ impl Diagnostic {
             let _ = writeln!(out, "{pad} |");
             let _ = writeln!(out, "{line_no} | {line}");
             let line_chars = line.chars().count();
-            let width = file.text[label.span.start..label.span.end.min(file.text.len())]
+            // A span may reach past the end of the file or into a character (a one-byte span
+            // on a multi-byte character); the caret is then one column wide.
+            let start = label.span.start.min(file.text.len());
+            let end = label.span.end.clamp(start, file.text.len());
+            let width = file
+                .text
+                .get(start..end)
+                .unwrap_or_default()
                 .lines()
                 .next()
                 .map(|s| s.chars().count())

@@ -31,20 +31,6 @@ extern "C" fn delete_shared() {
     }
 }
 
-const NODE: &str = r#"
-apiVersion: v1
-kind: Node
-metadata:
-  name: kwok-node-0
-  annotations:
-    kwok.x-k8s.io/node: fake
-  labels:
-    kubernetes.io/hostname: kwok-node-0
-    kubernetes.io/os: linux
-    kubernetes.io/arch: amd64
-    type: kwok
-"#;
-
 /// The shared cluster, created on first use; `None` (test skipped) without a testbed.
 pub fn shared() -> Option<&'static Shared> {
     SHARED
@@ -57,15 +43,7 @@ pub fn shared() -> Option<&'static Shared> {
             unsafe {
                 libc::atexit(delete_shared);
             }
-            let node = cluster.workdir().join("node.yaml");
-            std::fs::write(&node, NODE).unwrap();
-            cluster.kubectl_ok(&["apply", "-f", node.to_str().unwrap()]);
-            cluster.kubectl_ok(&[
-                "wait",
-                "--for=condition=Ready",
-                "node/kwok-node-0",
-                "--timeout=60s",
-            ]);
+            cluster.scale_nodes(1);
             eprintln!("shared kwok cluster ready in {:.1?}", started.elapsed());
             Some(Shared { tb, cluster })
         })

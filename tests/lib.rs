@@ -1,6 +1,11 @@
 //! Integration tests, one binary. Modules that need a cluster use `common::testbed()`.
 
+mod bad_plans;
+mod cli_cancel;
 mod common;
+mod http_check;
+mod pins;
+mod sim_plan;
 mod kube_apply;
 mod kube_patch;
 mod kube_shared;

@@ -40,7 +40,8 @@ fn deployment_becomes_available_and_delete_leaves_no_process() {
     let cluster = KwokCluster::create(&tb, &format!("smoke-ok-{}", std::process::id()));
     cluster.scale_nodes(1);
 
-    // kwokctl's nodes must not carry a NoSchedule taint, or nothing would ever schedule.
+    // kwokctl's nodes must not keep a NoSchedule taint, or nothing would ever schedule
+    // (scale_nodes waits for the transient not-ready taint to go).
     let taints = cluster.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.taints}"]);
     assert_eq!(taints.trim(), "", "kwokctl's node has taints");
 

@@ -94,6 +94,9 @@ pub async fn collect(kube: &Kube, namespaces: &[String], dir: &Path) -> std::io:
                     ..Default::default()
                 };
                 let text = match api.logs(&name, &lp).await {
+                    Ok(text) if text.is_empty() => {
+                        format!("no log output from {ns}/{name} container {container}\n")
+                    }
                     Ok(text) => text,
                     Err(e) => {
                         format!("cannot fetch the logs of {ns}/{name} container {container}: {e}\n")

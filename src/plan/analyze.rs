@@ -1243,14 +1243,14 @@ impl Analyzer<'_> {
                 }))
             }
             (None, Some(cm)) => {
-                let missing: Vec<&str> = [
+                let missing: Vec<String> = [
                     ("namespace", raw.namespace.is_none()),
                     ("key", raw.key.is_none()),
                     ("merge_file", raw.merge_file.is_none()),
                 ]
                 .into_iter()
                 .filter(|(_, m)| *m)
-                .map(|(n, _)| n)
+                .map(|(n, _)| format!("`{n}`"))
                 .collect();
                 if !missing.is_empty() {
                     self.diags.push(

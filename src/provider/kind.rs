@@ -63,6 +63,21 @@ pub async fn preflight(
                 problems.push(problem);
             }
         }
+        // kind's own view of the runtime: it lists clusters through the runtime's CLI.
+        if let Ok(o) = Tool::new("kind").args(["get", "clusters"]).run(cancel).await
+            && !o.success
+        {
+            let lines: Vec<&str> = o.stderr.lines().chain(o.stdout.lines()).collect();
+            let why = ["Cannot connect", "executable file not found", "ERROR"]
+                .iter()
+                .find_map(|needle| lines.iter().find(|l| l.contains(needle)))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_else(|| "`kind get clusters` failed".into());
+            problems.push(Problem {
+                what: format!("kind cannot reach a container runtime: {why}"),
+                fix: "start Docker (`sudo systemctl start docker`, or Docker Desktop) so that `kind get clusters` works".into(),
+            });
+        }
     }
     problems.extend(runtime_problems(min_memory, cancel).await);
     problems.extend(inotify_problems(

@@ -79,7 +79,7 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
         .await
         .map_err(|e| api_error(format!("cannot label namespace {}", n.name), e))?;
     Ok(Outcome::Changed {
-        summary: format!("labelled namespace {}{}", n.name, labelled(&missing)),
+        summary: format!("labelled namespace {} {}", n.name, pairs(&missing)),
     })
 }
 
@@ -125,12 +125,21 @@ fn owned_keys(object: &Value, manager: &str, map: &str) -> Vec<String> {
         .collect()
 }
 
+/// " labelled a=b,c=d", or nothing without labels.
 fn labelled(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
-        return String::new();
+        String::new()
+    } else {
+        format!(" labelled {}", pairs(labels))
     }
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!(" labelled {}", pairs.join(","))
+}
+
+fn pairs(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

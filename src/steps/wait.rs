@@ -312,15 +312,15 @@ async fn rollout(kube: &Kube, ns: &str, name: &str, board: &Board<'_>) -> StepRe
     };
     watch_until(api, config, |store| {
         if store.is_empty() {
-            let why = if every {
-                "no Deployment in the namespace yet"
+            let (what, why) = if every {
+                (format!("{ns}/*"), "no Deployment in the namespace yet")
             } else {
-                "not found yet"
+                (board.deployment_name(ns, name), "not found yet")
             };
             board.set(
                 &scope,
                 Category::Deployments,
-                BTreeMap::from([(board.deployment_name(ns, name), Some(why.into()))]),
+                BTreeMap::from([(what, Some(why.into()))]),
             );
             return None;
         }

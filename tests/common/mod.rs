@@ -164,7 +164,10 @@ impl KwokCluster {
         c
     }
 
-    /// Adds simulated nodes (`kwokctl scale node`): Ready, no taints, 32 CPU / 256 Gi each.
+    /// Sets the number of simulated nodes (`kwokctl scale node`: 32 CPU / 256 Gi each, no
+    /// taints of their own) and waits until all are Ready and untainted. The node lifecycle
+    /// controller puts `node.kubernetes.io/not-ready:NoSchedule` on a new node until it sees
+    /// it Ready (about a second here); a taint still there after a minute fails the test.
     pub fn scale_nodes(&self, replicas: u32) {
         let out = self
             .kwokctl()
@@ -191,6 +194,19 @@ impl KwokCluster {
             "--all",
             "--timeout=60s",
         ]);
+        let start = Instant::now();
+        loop {
+            let taints =
+                self.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.taints}"]);
+            if taints.trim().is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kwok nodes keep taints: {taints}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// kubectl against this cluster, for assertions (the product itself never runs kubectl).
