@@ -5,7 +5,11 @@
 #
 # Everything lands in a cache outside the repository, keyed by testbed/versions.env:
 #   ${BOOKINFO_UP_TESTBED_CACHE:-~/.cache/bookinfo-up/testbed}/<key>/{bin,istio,logs}
-# A component whose output is present is not rebuilt, so a warm run takes seconds.
+# A component whose output is present is not rebuilt, so a warm run takes well under a second.
+# The key covers versions.env only: after changing how a component is built here (ldflags, ...),
+# delete its binaries from <key>/bin to rebuild it. Module and build caches (gomod, gobuild)
+# are shared by all keys. Then: `eval "$(bash testbed/env.sh)"`; `bash testbed/smoke.sh`
+# checks every binary's version and brings a kwok cluster up and down.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -305,11 +305,9 @@ fn step_ids(plan: &str) -> Vec<String> {
             let line = line.trim();
             if line.starts_with('[') {
                 in_step = line == "[[step]]";
-            } else if in_step {
-                if let Some(id) = line.strip_prefix("id = ") {
-                    ids.push(id.trim_matches('"').to_string());
-                    in_step = false;
-                }
+            } else if in_step && let Some(id) = line.strip_prefix("id = ") {
+                ids.push(id.trim_matches('"').to_string());
+                in_step = false;
             }
         }
     }
@@ -425,6 +423,10 @@ fn bad_plans_leave_a_live_cluster_untouched() {
         }
         before = now;
     }
+    assert!(
+        before.iter().any(|l| l.starts_with("Namespace /default ")),
+        "the state lists the cluster's objects: {before:?}"
+    );
     let sandbox = Sandbox::new();
     let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
     for plan in bad_plans() {

@@ -126,7 +126,11 @@ impl Analyzer<'_> {
                     "add `[plan]` with `name = \"...\"`"
                 };
                 let at = table_span(text, "plan");
-                self.diags.push(Diagnostic::new("the plan has no name").at(main_unit.file, at).help(help));
+                self.diags.push(
+                    Diagnostic::new("the plan has no name")
+                        .at(main_unit.file, at)
+                        .help(help),
+                );
                 String::new()
             }
         };

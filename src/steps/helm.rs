@@ -1,5 +1,5 @@
 //! `helm`: `helm upgrade --install` through duct with the engine's kubeconfig and context.
-//! Observes the release first (`helm status`, `helm get values`) and skips the call when the
+//! Observes the release first (`helm list`, `helm get values`) and skips the call when the
 //! deployed release already has the same chart, version and values.
 
 use serde_json::Value;
@@ -68,6 +68,11 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     tool = tool.arg("--values").arg(values_file.path());
     if h.wait {
         tool = tool.args(["--wait", "--timeout", "30m"]);
+    }
+    if h.create_namespace {
+        // Created here rather than by helm, so that it carries the plan's label and teardown
+        // knows the plan made it.
+        super::namespace::run(&namespace_of(h), ctx).await?;
     }
     let verb = if deployed.is_some() {
         "upgrading"
@@ -142,9 +147,41 @@ pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
             out.tail(10)
         )));
     }
-    Ok(Outcome::Changed {
-        summary: format!("uninstalled {}", h.release),
-    })
+    let mut summary = format!("uninstalled {}", h.release);
+    if h.create_namespace && releases_in(h, ctx).await?.is_empty() {
+        // Deleted only when this plan created it (namespace teardown checks the label) and no
+        // release is left in it.
+        if let Outcome::Changed { .. } =
+            super::namespace::teardown(&namespace_of(h), ctx).await?
+        {
+            summary.push_str(&format!(", deleted namespace {}", h.namespace));
+        }
+    }
+    Ok(Outcome::Changed { summary })
+}
+
+fn namespace_of(h: &Helm) -> crate::plan::model::Namespace {
+    crate::plan::model::Namespace {
+        name: h.namespace.clone(),
+        labels: Default::default(),
+    }
+}
+
+/// The releases helm lists in the step's namespace, in any state.
+async fn releases_in(h: &Helm, ctx: &StepCtx) -> StepResult<Vec<Value>> {
+    let out = helm(ctx.kube()?)
+        .args(["list", "--all", "--namespace", &h.namespace, "--output", "json"])
+        .run(&ctx.cancel)
+        .await
+        .map_err(tool_error)?;
+    if !out.success {
+        return Err(StepError::transient(format!(
+            "helm list failed:\n{}",
+            out.tail(10)
+        )));
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| StepError::fatal("cannot read `helm list` output").with_source(e))
 }
 
 fn helm(kube: &crate::kube::Kube) -> Tool {
@@ -159,30 +196,8 @@ fn helm(kube: &crate::kube::Kube) -> Tool {
 async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
     let kube = ctx.kube()?;
     // `helm list` carries the chart as `name-version`; `helm status -o json` does not.
-    let filter = format!("^{}$", h.release);
-    let list = helm(kube)
-        .args([
-            "list",
-            "--all",
-            "--namespace",
-            &h.namespace,
-            "--filter",
-            &filter,
-            "--output",
-            "json",
-        ])
-        .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
-    if !list.success {
-        return Err(StepError::transient(format!(
-            "helm list failed:\n{}",
-            list.tail(10)
-        )));
-    }
-    let releases: Vec<Value> = serde_json::from_str(list.stdout.trim())
-        .map_err(|e| StepError::fatal("cannot read `helm list` output").with_source(e))?;
-    let Some(release) = releases
+    let Some(release) = releases_in(h, ctx)
+        .await?
         .into_iter()
         .find(|r| r["name"] == h.release.as_str())
     else {

@@ -394,12 +394,12 @@ fn listening_ports() -> BTreeSet<u16> {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 3 && cols[3] == "0A" {
-                if let Some((_, port)) = cols[1].rsplit_once(':') {
-                    if let Ok(p) = u16::from_str_radix(port, 16) {
-                        ports.insert(p);
-                    }
-                }
+            if cols.len() > 3
+                && cols[3] == "0A"
+                && let Some((_, port)) = cols[1].rsplit_once(':')
+                && let Ok(p) = u16::from_str_radix(port, 16)
+            {
+                ports.insert(p);
             }
         }
     }
