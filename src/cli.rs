@@ -613,7 +613,12 @@ async fn down(args: DownArgs) -> i32 {
         let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
             .await
             .map_err(|e| vec![phase_failure("cluster", e.chain())])?;
-        let plan = Arc::new(plan.clone());
+        // Teardown needs the objects of remote manifests too (from the cache when warm).
+        let mut plan = plan.clone();
+        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
+            .await
+            .map_err(|e| vec![phase_failure("fetch", e)])?;
+        let plan = Arc::new(plan);
         let runner = Runner::new(
             plan,
             Some(Arc::new(kube)),

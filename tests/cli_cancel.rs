@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let state = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
         if text.contains(needle) && !state.contains("State:\tZ") {
@@ -60,11 +62,18 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
     let mut guard = KillOnDrop(Some(child.id()));
     let start = Instant::now();
     while !marker.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the exec step never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the exec step never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The shell and its two sleeps.
-    assert_eq!(processes_with(&tag).len(), 3, "the shell and both children run");
+    assert_eq!(
+        processes_with(&tag).len(),
+        3,
+        "the shell and both children run"
+    );
 
     let sent = Instant::now();
     // SAFETY: sending SIGINT to our own child process.
@@ -73,7 +82,10 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(sent.elapsed() < Duration::from_secs(5), "bookinfo-up did not exit after SIGINT");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "bookinfo-up did not exit after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let took = sent.elapsed();
@@ -81,7 +93,10 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
     eprintln!("exit after SIGINT took {took:?}");
     assert_eq!(status.code(), Some(130), "stderr:\n{stderr}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(stderr.contains("cancelled"), "the summary says the run was cancelled:\n{stderr}");
+    assert!(
+        stderr.contains("cancelled"),
+        "the summary says the run was cancelled:\n{stderr}"
+    );
     guard.0 = None;
     let left = processes_with(&tag);
     assert!(left.is_empty(), "processes left behind: {left:?}");

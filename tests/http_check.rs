@@ -25,7 +25,9 @@ async fn server(bodies: Vec<&'static str>, failures: usize) -> (String, Arc<Atom
     let c = count.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let n = c.fetch_add(1, Ordering::SeqCst);
             let (status, body) = if n < failures {
                 ("503 Service Unavailable", "upstream connect error")
@@ -48,7 +50,15 @@ async fn server(bodies: Vec<&'static str>, failures: usize) -> (String, Arc<Atom
 
 fn ctx() -> StepCtx {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    StepCtx::new("reviews", "test", None, tx, CancellationToken::new(), "/nonexistent".into(), "/nonexistent".into())
+    StepCtx::new(
+        "reviews",
+        "test",
+        None,
+        tx,
+        CancellationToken::new(),
+        "/nonexistent".into(),
+        "/nonexistent".into(),
+    )
 }
 
 fn check(url: &str, variants: &[(&str, &str)], max_requests: u32, deadline: Duration) -> Http {
@@ -57,7 +67,10 @@ fn check(url: &str, variants: &[(&str, &str)], max_requests: u32, deadline: Dura
         service: None,
         status: 200,
         body_contains: Some("Reviewer1".into()),
-        variants: variants.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        variants: variants
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
         max_requests,
         deadline,
     }
@@ -68,8 +81,15 @@ const REVIEWS: [(&str, &str); 3] = [("v1", "reviews-v1"), ("v2", "\"black\""), (
 #[tokio::test]
 async fn sees_all_three_reviews_versions() {
     let (url, count) = server(vec![V1, V2, V3], 0).await;
-    let out = http::run(&check(&url, &REVIEWS, 10, Duration::from_secs(5)), &ctx()).await.unwrap();
-    assert_eq!(out, Outcome::Unchanged { summary: "saw all 3 variants in 3 requests".into() });
+    let out = http::run(&check(&url, &REVIEWS, 10, Duration::from_secs(5)), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Unchanged {
+            summary: "saw all 3 variants in 3 requests".into()
+        }
+    );
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
 
@@ -77,17 +97,30 @@ async fn sees_all_three_reviews_versions() {
 async fn names_the_variant_never_seen() {
     // v3 is never served: every round sees v1 and v2 only, until the deadline.
     let (url, _) = server(vec![V1, V2], 0).await;
-    let err = http::run(&check(&url, &REVIEWS, 6, Duration::from_millis(600)), &ctx()).await.unwrap_err();
+    let err = http::run(
+        &check(&url, &REVIEWS, 6, Duration::from_millis(600)),
+        &ctx(),
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("variants `v3` not seen in 6 requests"), "{msg}");
-    assert!(msg.starts_with(&format!("GET {url} did not pass within")), "{msg}");
+    assert!(
+        msg.contains("variants `v3` not seen in 6 requests"),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with(&format!("GET {url} did not pass within")),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn retries_until_the_service_answers() {
     // Three 503s first (a gateway whose routes are not programmed yet), then the page.
     let (url, count) = server(vec![V1], 3).await;
-    let out = http::run(&check(&url, &[], 1, Duration::from_secs(20)), &ctx()).await.unwrap();
+    let out = http::run(&check(&url, &[], 1, Duration::from_secs(20)), &ctx())
+        .await
+        .unwrap();
     assert!(matches!(out, Outcome::Unchanged { .. }), "{out:?}");
     assert_eq!(count.load(Ordering::SeqCst), 4);
 }
@@ -98,12 +131,20 @@ async fn wrong_body_fails_with_what_was_missing() {
     let mut h = check(&url, &[], 1, Duration::from_millis(300));
     h.body_contains = Some("The Comedy of Errors".into());
     let msg = http::run(&h, &ctx()).await.unwrap_err().to_string();
-    assert!(msg.contains("the body does not contain \"The Comedy of Errors\""), "{msg}");
+    assert!(
+        msg.contains("the body does not contain \"The Comedy of Errors\""),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_url_fails_at_the_deadline() {
-    let h = check("http://127.0.0.1:9/productpage", &[], 1, Duration::from_millis(300));
+    let h = check(
+        "http://127.0.0.1:9/productpage",
+        &[],
+        1,
+        Duration::from_millis(300),
+    );
     let msg = http::run(&h, &ctx()).await.unwrap_err().to_string();
     assert!(msg.contains("request failed"), "{msg}");
 }

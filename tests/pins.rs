@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::common::testbed;
 
 fn versions() -> std::collections::BTreeMap<String, String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/versions.env")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/versions.env"))
+            .unwrap();
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
@@ -25,19 +27,37 @@ fn addon_pins_match_the_testbed_content() {
     let plan = plan.unwrap_or_else(|d| panic!("{}", d.render(&sources)));
     let v = versions();
     let commit = &v["ISTIO_COMMIT"];
-    assert!(v["ISTIO_MODULE_VERSION"].ends_with(commit.as_str()), "ISTIO_COMMIT names the module's commit");
+    assert!(
+        v["ISTIO_MODULE_VERSION"].ends_with(commit.as_str()),
+        "ISTIO_COMMIT names the module's commit"
+    );
     let mut checked = 0;
     for step in &plan.steps {
-        let Action::Apply(a) = &step.action else { continue };
+        let Action::Apply(a) = &step.action else {
+            continue;
+        };
         for u in &a.urls {
             let sha = u.sha256.as_deref().expect("the real plan pins every URL");
-            assert!(u.url.contains(&format!("/{commit}/samples/addons/")), "{} is not at commit {commit}", u.url);
+            assert!(
+                u.url.contains(&format!("/{commit}/samples/addons/")),
+                "{} is not at commit {commit}",
+                u.url
+            );
             let file = u.url.rsplit('/').next().unwrap();
             let local = tb.istio.join("samples/addons").join(file);
-            let bytes = std::fs::read(&local).unwrap_or_else(|e| panic!("{}: {e}", local.display()));
-            assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "pin of {file} in step `{}`", step.id);
+            let bytes =
+                std::fs::read(&local).unwrap_or_else(|e| panic!("{}: {e}", local.display()));
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                sha,
+                "pin of {file} in step `{}`",
+                step.id
+            );
             checked += 1;
         }
     }
-    assert_eq!(checked, 4, "prometheus, grafana, jaeger and kiali are pinned");
+    assert_eq!(
+        checked, 4,
+        "prometheus, grafana, jaeger and kiali are pinned"
+    );
 }

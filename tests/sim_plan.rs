@@ -49,7 +49,12 @@ fn run(bin: &str, state: &Path, path_env: &str, extra: &[&str]) -> Run {
     let secs = start.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let summary = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    Run { code: out.status.code().unwrap_or(-1), summary, stderr, secs }
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        summary,
+        stderr,
+        secs,
+    }
 }
 
 fn outcomes(summary: &Value) -> Vec<(String, String)> {
@@ -57,13 +62,28 @@ fn outcomes(summary: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 fn kubectl(kubeconfig: &Path, path_env: &str, args: &[&str]) -> String {
-    let out = Command::new("kubectl").env("PATH", path_env).arg("--kubeconfig").arg(kubeconfig).args(args).output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("kubectl")
+        .env("PATH", path_env)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -82,7 +102,10 @@ fn live_processes(needle: &str) -> usize {
 #[test]
 fn sim_plan_converges_then_goes_away() {
     let Some(tb) = testbed() else { return };
-    let state = tempfile::Builder::new().prefix("bookinfo-up-sim-").tempdir().unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("bookinfo-up-sim-")
+        .tempdir()
+        .unwrap();
     let path_env = tb.path_env();
     let up = env!("CARGO_BIN_EXE_bookinfo-up");
     let down = env!("CARGO_BIN_EXE_bookinfo-down");
@@ -91,16 +114,37 @@ fn sim_plan_converges_then_goes_away() {
     assert_eq!(first.code, 0, "first run failed:\n{}", first.stderr);
     let first_outcomes = outcomes(&first.summary);
     let ids: Vec<&str> = first_outcomes.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, SEED_STEPS, "the summary lists every step of the seed flow");
-    assert!(first_outcomes.iter().all(|(_, o)| o == "changed" || o == "unchanged"), "{first_outcomes:?}");
+    assert_eq!(
+        ids, SEED_STEPS,
+        "the summary lists every step of the seed flow"
+    );
+    assert!(
+        first_outcomes
+            .iter()
+            .all(|(_, o)| o == "changed" || o == "unchanged"),
+        "{first_outcomes:?}"
+    );
 
     let kubeconfig: PathBuf = state.path().join("clusters/bookinfo-sim/kubeconfig");
-    let deploys: Value = serde_json::from_str(&kubectl(&kubeconfig, &path_env, &["get", "deploy", "-A", "-o", "json"])).unwrap();
+    let deploys: Value = serde_json::from_str(&kubectl(
+        &kubeconfig,
+        &path_env,
+        &["get", "deploy", "-A", "-o", "json"],
+    ))
+    .unwrap();
     let mut names: Vec<String> = Vec::new();
     for d in deploys["items"].as_array().unwrap() {
-        let name = format!("{}/{}", d["metadata"]["namespace"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap());
+        let name = format!(
+            "{}/{}",
+            d["metadata"]["namespace"].as_str().unwrap(),
+            d["metadata"]["name"].as_str().unwrap()
+        );
         let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
-        assert_eq!(d["status"]["availableReplicas"].as_i64(), Some(want), "{name} available");
+        assert_eq!(
+            d["status"]["availableReplicas"].as_i64(),
+            Some(want),
+            "{name} available"
+        );
         names.push(name);
     }
     names.sort();
@@ -118,43 +162,137 @@ fn sim_plan_converges_then_goes_away() {
         "istio-system/kiali",
         "istio-system/prometheus",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     let ports = kubectl(
         &kubeconfig,
         &path_env,
-        &["get", "svc", "-n", "istio-system", "istio-ingressgateway", "-o", "jsonpath={range .spec.ports[*]}{.port}/{.nodePort} {end}"],
+        &[
+            "get",
+            "svc",
+            "-n",
+            "istio-system",
+            "istio-ingressgateway",
+            "-o",
+            "jsonpath={range .spec.ports[*]}{.port}/{.nodePort} {end}",
+        ],
     );
     let ports: Vec<&str> = ports.split_whitespace().collect();
     assert_eq!(ports.len(), 5, "{ports:?}");
-    assert!(ports.contains(&"666/30666") && ports.contains(&"15029/32667"), "{ports:?}");
+    assert!(
+        ports.contains(&"666/30666") && ports.contains(&"15029/32667"),
+        "{ports:?}"
+    );
     for p in ["15021/", "80/", "443/"] {
-        assert!(ports.iter().any(|x| x.starts_with(p)), "chart port {p} kept: {ports:?}");
+        assert!(
+            ports.iter().any(|x| x.starts_with(p)),
+            "chart port {p} kept: {ports:?}"
+        );
     }
-    let kiali = kubectl(&kubeconfig, &path_env, &["get", "cm", "-n", "istio-system", "kiali", "-o", "jsonpath={.data.config\\.yaml}"]);
-    assert!(kiali.contains("internal_url: http://grafana.istio-system.svc.cluster.local:3000"), "{kiali}");
-    assert!(kiali.contains("root_namespace: istio-system"), "the addon's own settings are kept");
-    let gw = kubectl(&kubeconfig, &path_env, &["get", "gateways.networking.istio.io,virtualservices.networking.istio.io", "-A", "-o", "name"]);
-    for want in ["gateway.networking.istio.io/bookinfo-gateway", "gateway.networking.istio.io/kiali-gateway", "virtualservice.networking.istio.io/bookinfo", "virtualservice.networking.istio.io/kiali"] {
+    let kiali = kubectl(
+        &kubeconfig,
+        &path_env,
+        &[
+            "get",
+            "cm",
+            "-n",
+            "istio-system",
+            "kiali",
+            "-o",
+            "jsonpath={.data.config\\.yaml}",
+        ],
+    );
+    assert!(
+        kiali.contains("internal_url: http://grafana.istio-system.svc.cluster.local:3000"),
+        "{kiali}"
+    );
+    assert!(
+        kiali.contains("root_namespace: istio-system"),
+        "the addon's own settings are kept"
+    );
+    let gw = kubectl(
+        &kubeconfig,
+        &path_env,
+        &[
+            "get",
+            "gateways.networking.istio.io,virtualservices.networking.istio.io",
+            "-A",
+            "-o",
+            "name",
+        ],
+    );
+    for want in [
+        "gateway.networking.istio.io/bookinfo-gateway",
+        "gateway.networking.istio.io/kiali-gateway",
+        "virtualservice.networking.istio.io/bookinfo",
+        "virtualservice.networking.istio.io/kiali",
+    ] {
         assert!(gw.contains(want), "{want} in {gw}");
     }
-    let bookinfo_gw = kubectl(&kubeconfig, &path_env, &["get", "gateways.networking.istio.io", "-n", "bookinfo", "bookinfo-gateway", "-o", "jsonpath={.spec.servers[0].port.number}"]);
+    let bookinfo_gw = kubectl(
+        &kubeconfig,
+        &path_env,
+        &[
+            "get",
+            "gateways.networking.istio.io",
+            "-n",
+            "bookinfo",
+            "bookinfo-gateway",
+            "-o",
+            "jsonpath={.spec.servers[0].port.number}",
+        ],
+    );
     assert_eq!(bookinfo_gw, "666");
 
     let second = run(up, state.path(), &path_env, &[]);
     assert_eq!(second.code, 0, "second run failed:\n{}", second.stderr);
-    let changed: Vec<_> = outcomes(&second.summary).into_iter().filter(|(_, o)| o != "unchanged").collect();
-    assert!(changed.is_empty(), "the second run changes nothing: {changed:?}");
-    eprintln!("sim: first run {:.1}s, second run {:.1}s", first.secs, second.secs);
+    let changed: Vec<_> = outcomes(&second.summary)
+        .into_iter()
+        .filter(|(_, o)| o != "unchanged")
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the second run changes nothing: {changed:?}"
+    );
+    eprintln!(
+        "sim: first run {:.1}s, second run {:.1}s",
+        first.secs, second.secs
+    );
 
     let workdir = state.path().to_string_lossy().to_string();
-    assert!(live_processes(&workdir) > 0, "the cluster's processes run from the state folder");
-    let out = Command::new(down).current_dir(env!("CARGO_MANIFEST_DIR")).arg("plans/sim.toml").args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state.path()).env("PATH", &path_env).output().unwrap();
-    assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(live_processes(&workdir), 0, "no process of the cluster outlives down");
-    let again = Command::new(down).current_dir(env!("CARGO_MANIFEST_DIR")).arg("plans/sim.toml").args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state.path()).env("PATH", &path_env).output().unwrap();
+    assert!(
+        live_processes(&workdir) > 0,
+        "the cluster's processes run from the state folder"
+    );
+    let out = Command::new(down)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("plans/sim.toml")
+        .args(["--log-format", "plain"])
+        .env("BOOKINFO_UP_STATE_DIR", state.path())
+        .env("PATH", &path_env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        live_processes(&workdir),
+        0,
+        "no process of the cluster outlives down"
+    );
+    let again = Command::new(down)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("plans/sim.toml")
+        .args(["--log-format", "plain"])
+        .env("BOOKINFO_UP_STATE_DIR", state.path())
+        .env("PATH", &path_env)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "down again: {text}");
     assert!(text.contains("already gone"), "{text}");

@@ -64,7 +64,10 @@ pub async fn preflight(
             }
         }
         // kind's own view of the runtime: it lists clusters through the runtime's CLI.
-        if let Ok(o) = Tool::new("kind").args(["get", "clusters"]).run(cancel).await
+        if let Ok(o) = Tool::new("kind")
+            .args(["get", "clusters"])
+            .run(cancel)
+            .await
             && !o.success
         {
             let lines: Vec<&str> = o.stderr.lines().chain(o.stdout.lines()).collect();

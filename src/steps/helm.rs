@@ -151,9 +151,7 @@ pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     if h.create_namespace && releases_in(h, ctx).await?.is_empty() {
         // Deleted only when this plan created it (namespace teardown checks the label) and no
         // release is left in it.
-        if let Outcome::Changed { .. } =
-            super::namespace::teardown(&namespace_of(h), ctx).await?
-        {
+        if let Outcome::Changed { .. } = super::namespace::teardown(&namespace_of(h), ctx).await? {
             summary.push_str(&format!(", deleted namespace {}", h.namespace));
         }
     }
@@ -170,7 +168,14 @@ fn namespace_of(h: &Helm) -> crate::plan::model::Namespace {
 /// The releases helm lists in the step's namespace, in any state.
 async fn releases_in(h: &Helm, ctx: &StepCtx) -> StepResult<Vec<Value>> {
     let out = helm(ctx.kube()?)
-        .args(["list", "--all", "--namespace", &h.namespace, "--output", "json"])
+        .args([
+            "list",
+            "--all",
+            "--namespace",
+            &h.namespace,
+            "--output",
+            "json",
+        ])
         .run(&ctx.cancel)
         .await
         .map_err(tool_error)?;

@@ -203,13 +203,21 @@ pub fn describe(step: &Step) -> Vec<String> {
     }
 }
 
+/// Annotation on a pod template holding the sha256 of the configuration its pods read.
+pub const CONFIG_CHECKSUM: &str = "bookinfo-up.io/config-sha256";
+
 /// Folds each ConfigMap merge into the plan's own manifest of that ConfigMap, when an apply
 /// step of the plan creates it (Kiali's addon manifest holds the ConfigMap that the
 /// `kiali-grafana` step patches). Otherwise the two steps would fight on every run: the apply
 /// would put the key back as the manifest has it, the merge would change it again and restart
 /// Kiali. With the fold, the apply writes the merged content and the merge step finds nothing
 /// to do, yet still repairs drift and still works on ConfigMaps the plan does not apply.
+///
+/// The Deployments the merge restarts get the merged content's sha256 in their pod template
+/// (when the plan applies them too), so a change of the content rolls them exactly when it
+/// happens, even when the apply step is the one that writes it. Returns the number of folds.
 pub fn fold_config_merges(plan: &mut crate::plan::Plan) -> Result<usize, String> {
+    use sha2::{Digest, Sha256};
     let merges: Vec<crate::plan::ConfigMerge> = plan
         .steps
         .iter()
@@ -220,40 +228,68 @@ pub fn fold_config_merges(plan: &mut crate::plan::Plan) -> Result<usize, String>
         .collect();
     let mut folded = 0;
     for c in &merges {
-        for step in &mut plan.steps {
-            let Action::Apply(a) = &mut step.action else {
-                continue;
-            };
-            for m in &mut a.objects {
-                let o = &m.object;
-                let ns = o["metadata"]["namespace"]
-                    .as_str()
-                    .or(a.namespace.as_deref())
-                    .unwrap_or("default");
-                if o["apiVersion"] != "v1"
-                    || o["kind"] != "ConfigMap"
-                    || o["metadata"]["name"] != c.configmap.as_str()
-                    || ns != c.namespace
-                {
-                    continue;
-                }
-                let Some(text) = o["data"][&c.key].as_str() else {
-                    continue;
-                };
-                let mut content: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
-                    format!(
-                        "key `{}` of ConfigMap {}/{} in `{}` is not YAML: {e}",
-                        c.key, c.namespace, c.configmap, m.source
-                    )
-                })?;
-                helm::merge(&mut content, c.merge.clone());
-                let merged = serde_saphyr::to_string(&content).map_err(|e| e.to_string())?;
-                m.object["data"][&c.key] = serde_json::Value::String(merged);
-                folded += 1;
+        let mut checksum = None;
+        for_each_object(plan, |m, ns| {
+            let o = &m.object;
+            if o["apiVersion"] != "v1"
+                || o["kind"] != "ConfigMap"
+                || o["metadata"]["name"] != c.configmap.as_str()
+                || ns != c.namespace
+            {
+                return Ok(());
             }
-        }
+            let Some(text) = o["data"][&c.key].as_str() else {
+                return Ok(());
+            };
+            let mut content: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+                format!(
+                    "key `{}` of ConfigMap {}/{} in `{}` is not YAML: {e}",
+                    c.key, c.namespace, c.configmap, m.source
+                )
+            })?;
+            helm::merge(&mut content, c.merge.clone());
+            let merged = serde_saphyr::to_string(&content).map_err(|e| e.to_string())?;
+            checksum = Some(hex::encode(Sha256::digest(merged.as_bytes())));
+            m.object["data"][&c.key] = serde_json::Value::String(merged);
+            folded += 1;
+            Ok(())
+        })?;
+        let Some(sum) = checksum else { continue };
+        for_each_object(plan, |m, ns| {
+            let o = &m.object;
+            let restarted = c
+                .restart
+                .iter()
+                .any(|(rns, name)| rns == ns && o["metadata"]["name"] == name.as_str());
+            if o["kind"] == "Deployment" && restarted {
+                m.object["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM] =
+                    serde_json::Value::String(sum.clone());
+            }
+            Ok(())
+        })?;
     }
     Ok(folded)
+}
+
+/// Calls `f` with each object of the plan's apply steps and its effective namespace.
+fn for_each_object(
+    plan: &mut crate::plan::Plan,
+    mut f: impl FnMut(&mut crate::plan::Manifest, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    for step in &mut plan.steps {
+        let Action::Apply(a) = &mut step.action else {
+            continue;
+        };
+        let default_ns = a.namespace.clone().unwrap_or_else(|| "default".into());
+        for m in &mut a.objects {
+            let ns = m.object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(&default_ns)
+                .to_string();
+            f(m, &ns)?;
+        }
+    }
+    Ok(())
 }
 
 /// `kind namespace/name` of a manifest object, for messages.
