@@ -50,3 +50,7 @@ up: build
 
 down: build
     target/release/bookinfo-down plans/bookinfo.toml
+
+# A/B benchmark against the seed's kubectl steps on a kwok cluster (~6 min); writes bench/results.md
+bench *args: build
+    tb="$(bash testbed/env.sh)"; eval "$tb"; python3 bench/run.py {{args}}

@@ -140,12 +140,15 @@ impl Tool {
             }
         };
         let pids = handle.pids();
+        // Killed with its group if this future is dropped (a step timeout) before it ends.
+        let mut guard = GroupGuard(Some(pids.clone()));
         let waiter = {
             let handle = handle.clone();
             tokio::task::spawn_blocking(move || handle.wait().cloned())
         };
         tokio::select! {
             output = waiter => {
+                guard.0 = None;
                 let output = output
                     .map_err(|e| ToolError::Spawn { program: self.program.clone(), source: std::io::Error::other(e) })?
                     .map_err(|e| ToolError::Spawn { program: self.program.clone(), source: e })?;
@@ -157,10 +160,23 @@ impl Tool {
                 })
             }
             _ = cancel.cancelled() => {
+                guard.0 = None;
                 kill_groups(&pids).await;
                 let _ = handle.kill();
                 Err(ToolError::Cancelled { program: self.program.clone() })
             }
+        }
+    }
+}
+
+/// Kills the process groups it holds when dropped while still armed.
+struct GroupGuard(Option<Vec<u32>>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        for pid in self.0.take().unwrap_or_default() {
+            // SAFETY: kill(2) on a process group this module started; no memory is shared.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }
     }
 }
@@ -270,5 +286,35 @@ mod tests {
             status.is_empty() || status.contains("State:\tZ"),
             "grandchild {grandchild} survived: {status}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_kills_its_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let tool = Tool::new("sh").args([
+            "-c".to_string(),
+            format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+        ]);
+        let cancel = CancellationToken::new();
+        // A step timeout drops the future while the tool runs.
+        let r = tokio::time::timeout(Duration::from_millis(300), tool.run(&cancel)).await;
+        assert!(r.is_err(), "the tool was still running");
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            let status =
+                std::fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
+            if status.is_empty() || status.contains("State:\tZ") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "grandchild {grandchild} survived the dropped run");
     }
 }

@@ -4,7 +4,7 @@
 //! pins, durations and step references, and orders the steps. It touches no cluster and runs
 //! no tool; the only IO is reading local files and environment variables.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1724,7 +1724,133 @@ fn valid_dns_label(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
-/// Names of all steps, for messages that list them.
-pub fn step_names(plan: &Plan) -> BTreeSet<&str> {
-    plan.steps.iter().map(|s| s.id.as_str()).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Analyzes `plan` written to a temp folder with `files` beside it; env from `env`.
+    fn analyze(plan: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Plan, String> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, plan).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (sources, result) = load(&path, &|n| env.get(n).cloned());
+        result.map_err(|d| d.render(&sources))
+    }
+
+    const HEAD: &str = "[plan]\nname = \"t\"\n[cluster]\nprovider = \"existing\"\n";
+
+    fn exec_command(plan: &Plan) -> Vec<String> {
+        match &plan.steps[0].action {
+            Action::Exec(e) => e.command.clone(),
+            other => panic!("not an exec step: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn interpolates_vars_env_defaults_and_escapes() {
+        let plan = format!(
+            "{HEAD}[vars]\nport = 666\nurl = \"http://127.0.0.1:${{port}}\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"${{url}}/x\", \"${{env.HUB}}\", \"${{env.TAG:-1.20.3}}\", \"$${{literal}}\"]\n"
+        );
+        let p = analyze(&plan, &[], &[("HUB", "docker.io/istio")]).unwrap();
+        assert_eq!(
+            exec_command(&p),
+            [
+                "http://127.0.0.1:666/x",
+                "docker.io/istio",
+                "1.20.3",
+                "${literal}"
+            ]
+        );
+    }
+
+    #[test]
+    fn including_plan_overrides_included_vars() {
+        let shared = "[vars]\ntag = \"1.20.3\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"echo\", \"${tag}\"]\n";
+        let plan = format!(
+            "[plan]\nname = \"t\"\ninclude = [\"shared.toml\"]\n[cluster]\nprovider = \"existing\"\n[vars]\ntag = \"1.17.0\"\n"
+        );
+        let p = analyze(&plan, &[("shared.toml", shared)], &[]).unwrap();
+        assert_eq!(exec_command(&p), ["echo", "1.17.0"]);
+    }
+
+    #[test]
+    fn vars_files_supply_literal_values() {
+        let plan = format!(
+            "[plan]\nname = \"t\"\nvars_files = [\"v.env\"]\n[cluster]\nprovider = \"existing\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"${{V}}\"]\n"
+        );
+        let p = analyze(&plan, &[("v.env", "# pins\nV=1.30.4\n")], &[]).unwrap();
+        assert_eq!(exec_command(&p), ["1.30.4"]);
+    }
+
+    #[test]
+    fn durations_parse_and_default() {
+        let plan = format!(
+            "{HEAD}[[step]]\nid = \"a\"\ntimeout = \"1m 30s\"\nbackoff = \"500ms\"\n[step.exec]\ncommand = [\"true\"]\n[[step]]\nid = \"b\"\n[step.exec]\ncommand = [\"true\"]\n"
+        );
+        let p = analyze(&plan, &[], &[]).unwrap();
+        assert_eq!(p.steps[0].timeout, Duration::from_secs(90));
+        assert_eq!(p.steps[0].backoff, Duration::from_millis(500));
+        assert_eq!(p.steps[1].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(p.steps[1].backoff, DEFAULT_BACKOFF);
+    }
+
+    #[test]
+    fn bad_durations_are_named() {
+        let plan = format!(
+            "{HEAD}[[step]]\nid = \"a\"\ntimeout = \"soon\"\n[step.exec]\ncommand = [\"true\"]\n"
+        );
+        let err = analyze(&plan, &[], &[]).unwrap_err();
+        assert!(err.contains("`soon` is not a duration"), "{err}");
+        assert!(err.contains("plan.toml:7:11"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let plan = format!(
+            "{HEAD}[[step]]\nid = \"a\"\nneeds = [\"nope\"]\ntimeout = \"x\"\n[step.exec]\ncommand = [\"${{missing}}\"]\n"
+        );
+        let err = analyze(&plan, &[], &[]).unwrap_err();
+        assert!(err.contains("needs unknown step `nope`"), "{err}");
+        assert!(err.contains("`x` is not a duration"), "{err}");
+        assert!(err.contains("variable `missing` is not set"), "{err}");
+        assert!(err.contains("the plan has 3 problems"), "{err}");
+    }
+
+    #[test]
+    fn empty_repo_means_a_local_chart() {
+        let plan = format!(
+            "{HEAD}[vars]\nrepo = \"\"\n[[step]]\nid = \"a\"\n[step.helm]\nrelease = \"r\"\nnamespace = \"n\"\nrepo = \"${{repo}}\"\nchart = \"chart\"\nversion = \"1\"\n"
+        );
+        let p = analyze(
+            &plan,
+            &[("chart/Chart.yaml", "name: c\nversion: 1.0.0\n")],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            matches!(&p.steps[0].action, Action::Helm(h) if matches!(h.chart, ChartRef::Path { .. }))
+        );
+    }
+
+    #[test]
+    fn templated_manifests_take_plan_vars() {
+        let plan = format!(
+            "{HEAD}[vars]\nport = 666\n[[step]]\nid = \"a\"\n[step.apply]\nfiles = [\"m.yaml\"]\ntemplate = true\n"
+        );
+        let m = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n    - port: ${port}\n";
+        let p = analyze(&plan, &[("m.yaml", m)], &[]).unwrap();
+        let Action::Apply(a) = &p.steps[0].action else {
+            panic!()
+        };
+        assert_eq!(a.objects[0].object["spec"]["ports"][0]["port"], 666);
+    }
 }

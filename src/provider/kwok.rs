@@ -72,6 +72,8 @@ fn kwokctl(dir: &Path) -> Tool {
 /// The `kwokctl create cluster` command line for a spec.
 pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
     let mut t = kwokctl(dir)
+        .arg("--config")
+        .arg(dir.join(PORTS_CONFIG))
         .args([
             "create",
             "cluster",
@@ -96,6 +98,29 @@ pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
         t = t.arg("--extra-args").arg(format!("kube-apiserver={a}"));
     }
     t
+}
+
+/// kwokctl configuration file, in the cluster's state folder, that fixes the component ports.
+pub const PORTS_CONFIG: &str = "kwokctl-ports.yaml";
+
+/// Ports chosen by the kernel for each component, written as a kwokctl configuration.
+///
+/// kwokctl picks ports by counting down from 32767 and only avoids clusters of its own work
+/// folder, so two clusters created at once from different state folders (parallel CI jobs,
+/// tests) can take the same ports, and a component then fails to listen. Ephemeral ports
+/// from the kernel (held until all are chosen) avoid that race.
+pub fn ports_config() -> std::io::Result<String> {
+    let listeners: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    Ok(format!(
+        "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n  etcdPort: {}\n  etcdPeerPort: {}\n  kubeApiserverPort: {}\n  kubeControllerManagerPort: {}\n  kubeSchedulerPort: {}\n  kwokControllerPort: {}\n",
+        ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+    ))
 }
 
 pub async fn exists(
@@ -145,6 +170,12 @@ pub async fn ensure(
         }
     } else {
         progress(format!("creating kwok cluster `{}`", spec.name));
+        let config = ports_config().map_err(|e| ProviderError::Tool {
+            message: format!("cannot choose ports for the cluster: {e}"),
+        })?;
+        std::fs::write(dir.join(PORTS_CONFIG), config).map_err(|e| ProviderError::Tool {
+            message: format!("cannot write `{}`: {e}", dir.join(PORTS_CONFIG).display()),
+        })?;
         let out = create_command(spec, dir).run(cancel).await.map_err(tool)?;
         if !out.success {
             return Err(ProviderError::Tool {
@@ -172,7 +203,11 @@ pub async fn ensure(
         })?;
     }
     let kube = Kube::connect(&kubeconfig, None).await?;
-    ensure_nodes(&kube, spec.nodes).await?;
+    let log = dir
+        .join("kwok/clusters")
+        .join(spec.name)
+        .join("logs/kwok-controller.log");
+    ensure_nodes(&kube, spec.nodes, &log).await?;
     Ok(Access {
         kubeconfig,
         context: None,
@@ -181,7 +216,7 @@ pub async fn ensure(
 }
 
 /// Fake nodes that kwok manages, without taints so every pod can be scheduled.
-async fn ensure_nodes(kube: &Kube, count: u32) -> Result<(), ProviderError> {
+async fn ensure_nodes(kube: &Kube, count: u32, controller_log: &Path) -> Result<(), ProviderError> {
     let api: kube::Api<Node> = kube::Api::all(kube.client.clone());
     for i in 0..count {
         let name = format!("kwok-node-{i}");
@@ -202,7 +237,50 @@ async fn ensure_nodes(kube: &Kube, count: u32) -> Result<(), ProviderError> {
         .await
         .map_err(crate::error::StepError::from)?;
     }
+    // The scheduler places nothing on a node until kwok reports it Ready (it carries the
+    // not-ready taint until then). A node that never gets there means the kwok controller is
+    // not running; say so here rather than let every rollout time out later.
+    for i in 0..count {
+        let name = format!("kwok-node-{i}");
+        let ready = kube::runtime::wait::await_condition(api.clone(), &name, |n: Option<&Node>| {
+            n.is_some_and(node_ready)
+        });
+        match tokio::time::timeout(std::time::Duration::from_secs(60), ready).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(ProviderError::Tool {
+                    message: format!("cannot watch node {name}: {e}"),
+                });
+            }
+            Err(_) => {
+                return Err(ProviderError::Tool {
+                    message: format!(
+                        "node {name} did not become Ready within 60s: is the kwok controller running? see {}",
+                        controller_log.display()
+                    ),
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// Ready, and free of the taints that keep pods off a node.
+fn node_ready(n: &Node) -> bool {
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let tainted = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        });
+    ready && !tainted
 }
 
 /// A node kwok takes over (by its annotation), with room for the whole playground.
@@ -240,7 +318,8 @@ pub async fn delete(
     }
     progress(format!("deleting kwok cluster `{name}`"));
     let out = kwokctl(dir)
-        .args(["delete", "cluster", "--name", name])
+        .args(["delete", "cluster", "--name", name, "--kubeconfig"])
+        .arg(dir.join("kubeconfig"))
         .run(cancel)
         .await
         .map_err(tool)?;

@@ -156,9 +156,12 @@ async fn established(kube: &Kube, m: &Manifest) -> StepResult<()> {
     let settled = |c: Option<&CustomResourceDefinition>| {
         c.is_some_and(|c| !matches!(readiness::crd(c), Readiness::Waiting(_)))
     };
-    let crd = await_condition(api, name, settled).await.map_err(|e| {
-        StepError::transient(format!("lost the watch on CRD {name}")).with_source(e)
-    })?;
+    let crd = tokio::select! {
+        crd = await_condition(api, name, settled) => crd.map_err(|e| {
+            StepError::transient(format!("lost the watch on CRD {name}")).with_source(e)
+        })?,
+        never = crate::steps::wait::nudge_stuck_crd(kube, name) => match never {},
+    };
     if let Some(crd) = crd {
         if let Readiness::Failed(why) = readiness::crd(&crd) {
             return Err(StepError::fatal(format!(

@@ -279,7 +279,7 @@ async fn crd(kube: &Kube, name: &str, board: &Board<'_>) -> StepResult<Done> {
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
     let scope = format!("crd {name}");
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    watch_until(api, config, |store| {
+    let watch = watch_until(api, config, |store| {
         let status = match store.get(name).map(readiness::crd) {
             None => Some("not found yet".to_string()),
             Some(Readiness::Ready) => None,
@@ -297,8 +297,66 @@ async fn crd(kube: &Kube, name: &str, board: &Board<'_>) -> StepResult<Done> {
             BTreeMap::from([(name.to_string(), status)]),
         );
         ready.then_some(Ok(Done::Crd))
-    })
-    .await
+    });
+    tokio::select! {
+        done = watch => done,
+        never = nudge_stuck_crd(kube, name) => match never {},
+    }
+}
+
+/// How long a CRD may stay `Installing` before `nudge_stuck_crd` touches it. A single API
+/// server establishes a CRD at once, several within 5 s.
+const CRD_NUDGE_AFTER: Duration = Duration::from_secs(10);
+/// The annotation `nudge_stuck_crd` adds and removes.
+const CRD_NUDGE_ANNOTATION: &str = "bookinfo-up.io/establish";
+
+/// Gets a CRD stuck at `Established=False` (reason `Installing`) established; never returns.
+///
+/// An API server that restarts while a CRD is `Installing` never establishes it: its
+/// establishing controller is queued only by CRD *update* events
+/// (apiextensions-apiserver's `crdHandler.updateCustomResourceDefinition`), and after a
+/// restart the CRD is only listed. Any update queues it, so a CRD still not established
+/// `CRD_NUDGE_AFTER` after its names were accepted gets an annotation added and removed again:
+/// two updates that leave its content as it was.
+pub(crate) async fn nudge_stuck_crd(kube: &Kube, name: &str) -> std::convert::Infallible {
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
+    loop {
+        tokio::time::sleep(CRD_NUDGE_AFTER).await;
+        let Ok(Some(crd)) = api.get_opt(name).await else {
+            continue;
+        };
+        let conditions = crd
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let accepted = conditions
+            .iter()
+            .any(|c| c.type_ == "NamesAccepted" && c.status == "True");
+        let established = conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if !accepted || established {
+            continue;
+        }
+        tracing::debug!(
+            crd = name,
+            "CRD names accepted but not established; touching it"
+        );
+        // A task of its own, so that the CRD becoming established (which ends the wait and
+        // drops this future) cannot come between the two patches and leave the annotation.
+        let (api, name) = (api.clone(), name.to_string());
+        let _ = tokio::spawn(async move {
+            for value in [serde_json::json!("1"), serde_json::Value::Null] {
+                let patch =
+                    serde_json::json!({"metadata": {"annotations": {CRD_NUDGE_ANNOTATION: value}}});
+                let _ = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        })
+        .await;
+    }
 }
 
 async fn rollout(kube: &Kube, ns: &str, name: &str, board: &Board<'_>) -> StepResult<Done> {

@@ -1,0 +1,1115 @@
+#!/usr/bin/env python3
+"""`just bench`: bookinfo-up (side A) against the seed's kubectl sequence (side B).
+
+One kwok cluster from the testbed, created by `bookinfo-up plans/sim.toml` (so the three Istio
+Helm releases are installed once, timed for neither side). Then:
+
+  sim no-op  the full sim plan again over its own converged cluster, Helm steps included
+  cold       the Bookinfo/addon objects absent (deleted between runs, untimed), until all ready
+  no-op      everything already applied by the side under test
+  drift      one Deployment's image and the ingress Service's ports changed by hand, until
+             restored and rolled out
+
+A is `bookinfo-up plans/bench/seed-steps.toml --kubeconfig <cluster>`; B is
+`bench/baseline.sh` (kubectl). Runs alternate A, B, A, B, ...; each timed section is one
+process, measured from spawn to exit. For every timed run the harness also records:
+
+  API requests   client-side: bookinfo-up's kube-client trace lines (BOOKINFO_UP_LOG) and
+                 kubectl's -v=6 "Response" lines; server-side: the change of the sum of
+                 apiserver_request_total (/metrics) over the run, which includes every client
+                 (controllers, kwok, helm) and not the harness's own two reads
+  peak RSS       getrusage of the child (wait4); for the sim plan, whose children (helm,
+                 kwokctl) would dominate that figure, bookinfo-up's own VmHWM, sampled
+  readiness      a list+watch of Deployments started before the run stamps (sub-second, host
+  latency        clock) when each became rolled out; latency = the tool's rollout step
+                 finishing (A: its JSON log line; B: the script's exit, rollout status being
+                 its last command) minus the moment the last Deployment became rolled out
+
+Results go to bench/results.md and bench/results.json. Needs the testbed environment
+(`eval "$(bash testbed/env.sh)"`) and `cargo build --release`; Python 3.11+ standard library
+only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+UP = ROOT / "target/release/bookinfo-up"
+DOWN = ROOT / "target/release/bookinfo-down"
+PLAN_A = ROOT / "plans/bench/seed-steps.toml"
+PLAN_SIM = ROOT / "plans/sim.toml"
+BASELINE = ROOT / "bench/baseline.sh"
+VERSIONS = ROOT / "testbed/versions.env"
+
+# The Deployments both sides wait for (plan: `bookinfo/*`, `istio-system/*`).
+WAITED = ("bookinfo", "istio-system")
+ADDONS = ("prometheus", "grafana", "jaeger", "kiali")
+# The ports the plan adds to the ingress gateway's Service (manifests/istio/ingress-ports.yaml).
+ADDED_PORTS = {"http-bookinfo", "http-kiali"}
+DRIFT_DEPLOYMENT = ("bookinfo", "reviews-v2")
+UNTHROTTLED = "bench-unthrottled"
+HELM_STEPS = ("istio-base", "istiod", "ingress-gateway")
+# The fake node of src/provider/kwok.rs (node_manifest), for the cluster made with kwokctl.
+KWOK_NODE = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {
+        "name": "kwok-node-0",
+        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        "labels": {"kubernetes.io/hostname": "kwok-node-0", "kubernetes.io/os": "linux",
+                   "kubernetes.io/arch": "amd64", "kubernetes.io/role": "agent",
+                   "node-role.kubernetes.io/agent": "", "type": "kwok"},
+    },
+    "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+               "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+}
+
+TARGETS = {
+    "noop_speedup": 10.0,
+    "noop_seconds": 0.5,
+    "cold_speedup": 3.0,
+    "sim_noop_seconds": 1.0,
+    "rss_mb": 50.0,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# --- the API server, from Python's standard library ------------------------------------------
+
+
+class Api:
+    """Just enough of a Kubernetes client for the harness: GET, PATCH, DELETE, list+watch and
+    /metrics, with the kubeconfig's client certificate."""
+
+    def __init__(self, kubeconfig: Path, work: Path):
+        raw = subprocess.run(
+            ["kubectl", "config", "view", "--raw", "-o", "json", "--kubeconfig", str(kubeconfig)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        cfg = json.loads(raw)
+        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+        user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
+
+        def file_of(obj, key, name):
+            if key in obj:
+                return obj[key]
+            data = obj.get(key + "-data")
+            if data is None:
+                return None
+            import base64
+            p = work / name
+            p.write_bytes(base64.b64decode(data))
+            return str(p)
+
+        server = urlparse(cluster["server"])
+        self.host, self.port = server.hostname, server.port or 443
+        self.ssl = ssl.create_default_context(cafile=file_of(cluster, "certificate-authority", "ca.crt"))
+        cert = file_of(user, "client-certificate", "client.crt")
+        key = file_of(user, "client-key", "client.key")
+        if cert:
+            self.ssl.load_cert_chain(cert, key)
+        self.token = user.get("token")
+
+    def connection(self, timeout=60.0) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=timeout)
+
+    def request(self, method: str, path: str, body=None, ctype="application/json"):
+        conn = self.connection()
+        headers = {"Accept": "application/json", "User-Agent": "bookinfo-up-bench"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = ctype
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return resp.status, payload
+
+    def get(self, path: str):
+        status, payload = self.request("GET", path)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise RuntimeError(f"GET {path}: {status} {payload[:300]!r}")
+        return json.loads(payload)
+
+    def patch(self, path: str, body, ctype: str):
+        status, payload = self.request("PATCH", path, body, ctype)
+        if status >= 300:
+            raise RuntimeError(f"PATCH {path}: {status} {payload[:300]!r}")
+        return json.loads(payload)
+
+    def requests_total(self) -> dict:
+        """The apiserver_request_total counters summed, in total and by verb."""
+        status, payload = self.request("GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"GET /metrics: {status}")
+        by_verb: dict[str, float] = {}
+        for line in payload.decode().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels, value = line.rsplit(" ", 1)
+            verb = re.search(r'verb="([^"]*)"', labels).group(1)
+            by_verb[verb] = by_verb.get(verb, 0) + float(value)
+        return {"total": sum(by_verb.values()), "by_verb": by_verb}
+
+
+def metrics_delta(before: dict, after: dict) -> dict:
+    """Requests between two scrapes, less the first scrape itself (counted when it ended)."""
+    verbs = set(before["by_verb"]) | set(after["by_verb"])
+    by_verb = {v: int(after["by_verb"].get(v, 0) - before["by_verb"].get(v, 0)) for v in verbs}
+    by_verb["GET"] = by_verb.get("GET", 0) - 1
+    return {"total": int(after["total"] - before["total"]) - 1,
+            "by_verb": {v: n for v, n in sorted(by_verb.items()) if n}}
+
+
+def rolled_out(d: dict) -> bool:
+    """The engine's rule (src/kube/readiness.rs), `kubectl rollout status` plus no surplus:
+    spec observed, and updated = replicas = ready = available = desired."""
+    spec, status = d.get("spec") or {}, d.get("status") or {}
+    if status.get("observedGeneration", 0) < d["metadata"].get("generation", 0):
+        return False
+    desired = spec.get("replicas", 1)
+    return all(status.get(k, 0) == desired for k in
+               ("updatedReplicas", "replicas", "readyReplicas", "availableReplicas"))
+
+
+class ReadyWatch:
+    """Lists, then watches, the Deployments of the waited-for namespaces, and stamps (host
+    clock, sub-second) when each last had its spec changed (created, or a new generation) and
+    when each last became rolled out."""
+
+    def __init__(self, api: Api):
+        self.api = api
+        self.ready_at: dict[str, float | None] = {}
+        self.changed_at: dict[str, float] = {}
+        self.generation: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.conn = None
+        self.stopped = False
+
+    def _see(self, d: dict, t: float, event: str | None):
+        ns = d["metadata"].get("namespace")
+        if ns not in WAITED:
+            return
+        name = f"{ns}/{d['metadata']['name']}"
+        generation = d["metadata"].get("generation", 0)
+        with self.lock:
+            if event == "DELETED":
+                self.ready_at.pop(name, None)
+                self.generation.pop(name, None)
+                return
+            if event is not None and generation > self.generation.get(name, 0):
+                self.changed_at[name] = t
+            self.generation[name] = generation
+            if rolled_out(d):
+                if self.ready_at.get(name) is None:
+                    self.ready_at[name] = t
+            else:
+                self.ready_at[name] = None
+
+    def start(self):
+        listing = self.api.get("/apis/apps/v1/deployments")
+        t = time.time()
+        for d in listing["items"]:
+            self._see(d, t, None)
+        rv = listing["metadata"]["resourceVersion"]
+        self.conn = self.api.connection(timeout=None)
+        self.conn.request("GET", f"/apis/apps/v1/deployments?watch=1&resourceVersion={rv}"
+                          "&timeoutSeconds=1800", headers={"Accept": "application/json"})
+        self.resp = self.conn.getresponse()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        try:
+            for line in self.resp:
+                t = time.time()
+                ev = json.loads(line)
+                if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    self._see(ev["object"], t, ev["type"])
+        except Exception:
+            if not self.stopped:
+                raise
+
+    def stop(self):
+        self.stopped = True
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except Exception:
+            pass
+        self.conn.close()
+
+    def timeline(self) -> dict:
+        """When the last Deployment spec change arrived, when the last Deployment became
+        rolled out, and which are not rolled out."""
+        with self.lock:
+            waiting = [n for n, t in self.ready_at.items() if t is None]
+            times = [t for t in self.ready_at.values() if t is not None]
+            changed = list(self.changed_at.values())
+        return {"last_ready": max(times) if times and not waiting else None,
+                "last_changed": max(changed) if changed else None, "waiting": waiting}
+
+
+# --- measured processes --------------------------------------------------------------------------
+
+
+# Spawns the measured process from a small interpreter, not from this one: a child forked from
+# a large process starts with that process's resident set, and getrusage's peak would count it.
+# From here the floor is about 5 MB. Wall time is taken around fork and wait4, so the
+# interpreter's own start-up is not in it. With `sample` set, the child's own VmHWM is also read
+# every 20 ms (for the sim plan, whose helm and kwokctl children dominate getrusage's figure).
+WRAPPER = r"""
+import os, sys, time, json, threading
+out, sample, argv = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+t0 = time.time(); p0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+hwm = [0]
+done = threading.Event()
+def sampler():
+    while not done.is_set():
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm[0] = max(hwm[0], int(line.split()[1]))
+        except OSError:
+            return
+        done.wait(0.02)
+if sample:
+    th = threading.Thread(target=sampler, daemon=True); th.start()
+_, status, ru = os.wait4(pid, 0)
+p1 = time.perf_counter(); t1 = time.time()
+done.set()
+with open(out, "w") as f:
+    json.dump({"seconds": p1 - p0, "t_start": t0, "t_end": t1, "maxrss_kb": ru.ru_maxrss,
+               "hwm_kb": hwm[0] if sample else None, "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def measure(argv, env, out: Path, err: Path, sample_hwm=False) -> dict:
+    """Runs argv to completion: wall time, exit code, start and end (host clock), the
+    getrusage peak RSS of the process and its waited-for children and, with sample_hwm, the
+    process's own VmHWM."""
+    res = out.with_suffix(".rusage.json")
+    cmd = [sys.executable, "-I", "-S", "-c", WRAPPER, str(res), "1" if sample_hwm else "0",
+           *[str(a) for a in argv]]
+    with open(out, "wb") as o, open(err, "wb") as e:
+        subprocess.run(cmd, stdout=o, stderr=e, env=env, cwd=ROOT, check=False)
+    w = json.loads(res.read_text())
+    return {
+        "seconds": w["seconds"], "rc": w["rc"], "t_start": w["t_start"], "t_end": w["t_end"],
+        "maxrss_mb": w["maxrss_kb"] / 1024,
+        "hwm_mb": None if w["hwm_kb"] is None else w["hwm_kb"] / 1024,
+        "stdout": str(out), "stderr": str(err),
+    }
+
+
+def parse_ts(s: str) -> float:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def read_engine_run(r: dict) -> dict:
+    """From bookinfo-up's --output json (stdout) and --log-format json (stderr): step outcomes,
+    when each step finished, and the kube-client requests it sent."""
+    info = {"steps": {}, "requests": 0, "requests_by_verb": {}, "step_started": {},
+            "step_finished": {}, "first_step_started": None, "discovery_requests": 0}
+    try:
+        summary = json.loads(Path(r["stdout"]).read_text())
+        for s in summary["steps"]:
+            info["steps"][s["id"]] = {"outcome": s["outcome"], "elapsed": s["elapsed"],
+                                      "summary": s.get("summary", "")}
+    except (json.JSONDecodeError, KeyError, FileNotFoundError):
+        pass
+    for line in Path(r["stderr"]).read_text().splitlines():
+        try:
+            o = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        f = o.get("fields", {})
+        if f.get("message") == "requesting":
+            span = o.get("span", {})
+            verb = span.get("http.method", "?")
+            url = span.get("http.url", "")
+            if "watch=true" in url or "watch=1" in url:
+                verb = "WATCH"
+            info["requests"] += 1
+            info["requests_by_verb"][verb] = info["requests_by_verb"].get(verb, 0) + 1
+            path = urlparse(url).path.rstrip("/")
+            if re.fullmatch(r"/api/v1|/apis/[^/]+/[^/]+|/api|/apis", path):
+                info["discovery_requests"] += 1
+        elif f.get("message") == "started" and "step" in f:
+            t = parse_ts(o["timestamp"])
+            info["step_started"].setdefault(f["step"], t)
+            if info["first_step_started"] is None or t < info["first_step_started"]:
+                info["first_step_started"] = t
+        elif "outcome" in f and "step" in f:
+            info["step_finished"][f["step"]] = parse_ts(o["timestamp"])
+    return info
+
+
+def read_kubectl_run(r: dict) -> dict:
+    """kubectl -v=6 logs one `"Response" verb=... url=...` line per request; baseline.sh
+    notes when its `kubectl rollout status` commands begin."""
+    by_verb: dict[str, int] = {}
+    n = 0
+    rollout_started = None
+    for line in Path(r["stderr"]).read_text(errors="replace").splitlines():
+        if line.startswith("rollout-status-begins "):
+            rollout_started = float(line.split()[1].replace(",", "."))
+            continue
+        m = re.search(r'"Response" verb="(\w+)" url="([^"]*)"', line)
+        if not m:
+            continue
+        verb = "WATCH" if "watch=true" in m.group(2) else m.group(1)
+        by_verb[verb] = by_verb.get(verb, 0) + 1
+        n += 1
+    return {"requests": n, "requests_by_verb": by_verb,
+            "step_started": {"rollout": rollout_started}, "step_finished": {"rollout": r["t_end"]}}
+
+
+# --- the bench ---------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work or tempfile.mkdtemp(prefix="bookinfo-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "runs").mkdir(exist_ok=True)
+        self.state = self.work / "state"
+        self.env = dict(os.environ)
+        self.env["BOOKINFO_UP_STATE_DIR"] = str(self.state)
+        self.env["KUBECACHEDIR"] = str(self.work / "kubectl-cache")
+        self.env["NO_COLOR"] = "1"
+        self.env.pop("KUBECONFIG", None)
+        self.kubeconfig = self.state / "clusters/bookinfo-sim/kubeconfig"
+        self.manifests = self.work / "manifests"
+        self.counter = 0
+        self.results = {"runs": []}
+
+    # helpers
+
+    def kubectl(self, *args, check=True, quiet=True):
+        r = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+                           env=self.env, capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{r.stderr}")
+        return r.stdout
+
+    def files(self, label):
+        self.counter += 1
+        base = self.work / "runs" / f"{self.counter:03d}-{label}"
+        return base.with_suffix(".out"), base.with_suffix(".err")
+
+    def run_a(self, label, plan=PLAN_A, existing=True, sample_hwm=False):
+        env = dict(self.env)
+        env["BOOKINFO_UP_LOG"] = "warn,bookinfo_up=info,kube_client=debug"
+        argv = [UP, plan, "--output", "json", "--log-format", "json"]
+        if existing:
+            argv += ["--kubeconfig", self.kubeconfig]
+        out, err = self.files(label)
+        r = measure(argv, env, out, err, sample_hwm=sample_hwm)
+        r.update(read_engine_run(r))
+        if r["rc"] != 0:
+            raise RuntimeError(f"{label}: bookinfo-up exited {r['rc']}; see {err}")
+        return r
+
+    def run_b(self, label):
+        env = dict(self.env)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["BENCH_KUBECTL_V"] = "6"
+        out, err = self.files(label)
+        r = measure(["bash", BASELINE, self.manifests], env, out, err)
+        r.update(read_kubectl_run(r))
+        if r["rc"] != 0:
+            raise RuntimeError(f"{label}: baseline.sh exited {r['rc']}; see {err}")
+        return r
+
+    def timed(self, side, scenario, label, watch=False):
+        """One timed run with the API scrapes around it and, for cold and drift, the
+        readiness watch."""
+        w = ReadyWatch(self.api).start() if watch else None
+        before = self.api.requests_total()
+        r = self.run_a(label) if side == "A" else self.run_b(label)
+        after = self.api.requests_total()
+        r["apiserver"] = metrics_delta(before, after)
+        if w:
+            # Let the watch deliver what happened up to the tool's exit.
+            time.sleep(0.3)
+            tl = w.timeline()
+            w.stop()
+            if tl["waiting"]:
+                raise RuntimeError(f"{label}: not rolled out after the run: {tl['waiting']}")
+            last = tl["last_ready"]
+            # From the later of "the last Deployment rolled out" and "the rollout step
+            # started" to the step's end: what the waiting itself adds.
+            begun = max(last, r["step_started"].get("rollout") or last)
+            r["ready_after"] = last - r["t_start"]
+            r["detect_latency"] = r["step_finished"]["rollout"] - begun
+            if tl["last_changed"] is not None:
+                # Until the tool had submitted the last Deployment change, then the cluster's
+                # own time to roll it (and any earlier one) out.
+                r["submitted_after"] = tl["last_changed"] - r["t_start"]
+                r["cluster_rollout"] = last - tl["last_changed"]
+        r.update(side=side, scenario=scenario, label=label)
+        self.results["runs"].append(r)
+        return r
+
+    # cluster state
+
+    def render(self):
+        """Side B's files: the plan's manifests with its variables, the addons checked against
+        its pins."""
+        plan = tomllib.loads(PLAN_A.read_text())
+        values = {}
+        for line in VERSIONS.read_text().splitlines():
+            m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", line.strip())
+            if m:
+                values[m.group(1)] = m.group(2)
+
+        def interp(text: str) -> str:
+            def one(m):
+                name = m.group(1)
+                if name.startswith("env."):
+                    var, _, default = name[4:].partition(":-")
+                    return os.environ.get(var) or default
+                return interp(str(values[name]))
+            return re.sub(r"\$\{([^}]+)\}", one, text)
+
+        for k, v in plan["vars"].items():
+            values[k] = interp(str(v))
+        if self.manifests.exists():
+            shutil.rmtree(self.manifests)
+        for sub in ("bookinfo", "istio", "addons"):
+            (self.manifests / sub).mkdir(parents=True)
+        for f in (ROOT / "manifests/bookinfo").glob("*.yaml"):
+            (self.manifests / "bookinfo" / f.name).write_text(interp(f.read_text()))
+        for name in ("bookinfo-gateway", "kiali-gateway", "ingress-ports"):
+            src = ROOT / f"manifests/istio/{name}.yaml"
+            (self.manifests / "istio" / src.name).write_text(interp(src.read_text()))
+        addons = next(s for s in plan["step"] if s["id"] == "addons")["apply"]["urls"]
+        for u in addons:
+            path = Path(urlparse(interp(u["url"])).path)
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != u["sha256"]:
+                raise RuntimeError(f"{path}: sha256 differs from the plan's pin")
+            (self.manifests / "addons" / path.name).write_bytes(data)
+        self.values = values
+
+    def kiali_patch_from_cluster(self):
+        """B patches config.yaml to what the engine merged (read back after an A run), so both
+        sides converge to the same ConfigMap."""
+        cm = self.api.get("/api/v1/namespaces/istio-system/configmaps/kiali")
+        content = cm["data"]["config.yaml"]
+        if "grafana.istio-system.svc.cluster.local:3000" not in content:
+            raise RuntimeError("the kiali ConfigMap does not hold the Grafana settings")
+        (self.manifests / "kiali-configmap-patch.json").write_text(
+            json.dumps({"data": {"config.yaml": content}}))
+
+    def svc_path(self):
+        return "/api/v1/namespaces/istio-system/services/istio-ingressgateway"
+
+    def remove_added_ports(self):
+        """A hand edit of the Service: the two ports the seed adds, taken out."""
+        svc = self.api.get(self.svc_path())
+        ports = [p for p in svc["spec"]["ports"] if p.get("name") not in ADDED_PORTS]
+        if len(ports) != len(svc["spec"]["ports"]):
+            self.api.patch(self.svc_path() + "?fieldManager=bench-hand-edit",
+                           [{"op": "replace", "path": "/spec/ports", "value": ports}],
+                           "application/json-patch+json")
+
+    def ports_present(self) -> bool:
+        svc = self.api.get(self.svc_path())
+        return ADDED_PORTS <= {p.get("name") for p in svc["spec"]["ports"]}
+
+    def clean(self):
+        """Deletes what a run creates and waits until it is gone (untimed). Bookinfo's objects
+        go before their namespace: the namespace controller waits 5 s before it empties a
+        namespace, and finds nothing left to wait for then."""
+        m = self.manifests
+        self.kubectl("-n", "bookinfo", "delete", "--ignore-not-found", "--wait=false",
+                     "-f", str(m / "bookinfo"), "-f", str(m / "istio/bookinfo-gateway.yaml"))
+        self.kubectl("-n", "istio-system", "delete", "--ignore-not-found", "--wait=false",
+                     "-f", str(m / "addons"), "-f", str(m / "istio/kiali-gateway.yaml"))
+        self.kubectl("delete", "namespace", "bookinfo", "--ignore-not-found", "--wait=false")
+        self.remove_added_ports()
+        deadline = time.time() + 300
+        while True:
+            ns = self.api.get("/api/v1/namespaces/bookinfo")
+            left = []
+            for kind, path in (("pods", "/api/v1/namespaces/istio-system/pods"),
+                               ("replicasets", "/apis/apps/v1/namespaces/istio-system/replicasets"),
+                               ("deployments", "/apis/apps/v1/namespaces/istio-system/deployments")):
+                for o in self.api.get(path)["items"]:
+                    if o["metadata"]["name"].startswith(ADDONS):
+                        left.append(f"{kind}/{o['metadata']['name']}")
+            if ns is None and not left:
+                return
+            if time.time() > deadline:
+                raise RuntimeError(f"cleanup did not finish: namespace bookinfo "
+                                   f"{'present' if ns else 'gone'}, {left[:5]}")
+            time.sleep(0.2)
+
+    def wait_rolled_out(self, ns, name, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            d = self.api.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+            if d and rolled_out(d):
+                return d
+            time.sleep(0.1)
+        raise RuntimeError(f"deployment {ns}/{name} did not roll out")
+
+    def drift(self):
+        """By hand: another image for one Deployment (waited until rolled out) and the two
+        added ports taken out of the ingress gateway's Service."""
+        ns, name = DRIFT_DEPLOYMENT
+        path = f"/apis/apps/v1/namespaces/{ns}/deployments/{name}"
+        d = self.api.get(path)
+        image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        drifted = image.rsplit(":", 1)[0] + ":drifted"
+        self.api.patch(path + "?fieldManager=bench-hand-edit",
+                       [{"op": "replace", "path": "/spec/template/spec/containers/0/image",
+                         "value": drifted}], "application/json-patch+json")
+        self.remove_added_ports()
+        self.wait_rolled_out(ns, name)
+        return image
+
+    def check_restored(self, image, label):
+        ns, name = DRIFT_DEPLOYMENT
+        d = self.wait_rolled_out(ns, name)
+        now = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        if now != image or not self.ports_present():
+            raise RuntimeError(f"{label}: drift not repaired (image {now}, ports "
+                               f"{'present' if self.ports_present() else 'missing'})")
+
+    # scenarios
+
+    def sim(self):
+        log("sim plan, cold: creates the kwok cluster and installs the Helm releases")
+        r = self.run_a("sim-cold", plan=PLAN_SIM, existing=False, sample_hwm=True)
+        r.update(side="A", scenario="sim-cold", label="sim-cold")
+        self.results["runs"].append(r)
+        log(f"  {r['seconds']:.2f} s")
+        self.api = Api(self.kubeconfig, self.work)
+        before = self.api.requests_total()
+        time.sleep(self.args.idle)
+        after = self.api.requests_total()
+        self.results["background_rps"] = metrics_delta(before, after)["total"] / self.args.idle
+        for i in range(self.args.sim_runs):
+            before = self.api.requests_total()
+            r = self.run_a(f"sim-noop-{i + 1}", plan=PLAN_SIM, existing=False, sample_hwm=True)
+            after = self.api.requests_total()
+            r["apiserver"] = metrics_delta(before, after)
+            r.update(side="A", scenario="sim-noop", label=f"sim-noop-{i + 1}")
+            changed = [s for s, v in r["steps"].items() if v["outcome"] != "unchanged"]
+            r["not_noop"] = changed
+            self.results["runs"].append(r)
+            log(f"  sim no-op {i + 1}: {r['seconds']:.3f} s, own VmHWM {r['hwm_mb']:.1f} MB, "
+                f"{r['apiserver']['total']} API requests (all clients)"
+                + (f", CHANGED {changed}" if changed else ""))
+
+    def prepare_ab(self):
+        log("A/B: rendering side B's manifests; warm-up runs (untimed)")
+        self.render()
+        self.clean()
+        self.run_a("warmup-a")
+        self.kiali_patch_from_cluster()
+        self.run_b("warmup-b")
+
+    def pair_line(self, scenario, i, a, b):
+        extra = ""
+        if a.get("detect_latency") is not None:
+            extra = (f"; last Deployment submitted at {a.get('submitted_after', 0):.2f}/"
+                     f"{b.get('submitted_after', 0):.2f} s, rolled out at {a['ready_after']:.2f}/"
+                     f"{b['ready_after']:.2f} s, detected +{a['detect_latency'] * 1000:.0f}/"
+                     f"+{b['detect_latency'] * 1000:.0f} ms")
+        log(f"  {scenario} pair {i}: A {a['seconds']:.3f} s, B {b['seconds']:.3f} s, "
+            f"B/A {b['seconds'] / a['seconds']:.1f}x; requests A {a['requests']} / "
+            f"B {b['requests']} (apiserver {a['apiserver']['total']}/{b['apiserver']['total']})"
+            + extra)
+
+    def cold(self, scenario="cold"):
+        log(f"{scenario}: {self.args.pairs} pairs")
+        for i in range(1, self.args.pairs + 1):
+            pair = {}
+            for side in ("A", "B"):
+                self.clean()
+                pair[side] = self.timed(side, scenario, f"{scenario}-{i}-{side}", watch=True)
+            self.pair_line(scenario, i, pair["A"], pair["B"])
+
+    def noop(self):
+        log(f"no-op: {self.args.pairs} pairs")
+        for i in range(1, self.args.pairs + 1):
+            pair = {}
+            for side in ("A", "B"):
+                # The side under test converges the cluster first (untimed).
+                (self.run_a if side == "A" else self.run_b)(f"noop-{i}-{side}-prep")
+                r = self.timed(side, "noop", f"noop-{i}-{side}")
+                if side == "A":
+                    r["not_noop"] = [s for s, v in r["steps"].items() if v["outcome"] != "unchanged"]
+                pair[side] = r
+            self.pair_line("no-op", i, pair["A"], pair["B"])
+
+    def drift_runs(self):
+        log(f"drift: {self.args.pairs} pairs")
+        for i in range(1, self.args.pairs + 1):
+            pair = {}
+            for side in ("A", "B"):
+                (self.run_a if side == "A" else self.run_b)(f"drift-{i}-{side}-prep")
+                image = self.drift()
+                pair[side] = self.timed(side, "drift", f"drift-{i}-{side}", watch=True)
+                self.check_restored(image, f"drift-{i}-{side}")
+            self.pair_line("drift", i, pair["A"], pair["B"])
+
+    def teardown(self):
+        """Deletes the sim plan's cluster (and the unthrottled one, if any)."""
+        if self.args.keep:
+            log(f"kept: {self.work} (`BOOKINFO_UP_STATE_DIR={self.state} "
+                f"target/release/bookinfo-down plans/sim.toml` removes the cluster; "
+                f"`KWOK_WORKDIR={self.work}/kwok-unthrottled kwokctl delete cluster "
+                f"--name {UNTHROTTLED}` the unthrottled one)")
+            return
+        log("deleting the bench cluster")
+        subprocess.run([DOWN, PLAN_SIM, "-q"], env=self.env, cwd=ROOT, check=False)
+        self.delete_unthrottled()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # The supplement: cold on a cluster whose controller-manager is not rate-limited.
+
+    def unthrottled_env(self):
+        env = dict(self.env)
+        env["KWOK_WORKDIR"] = str(self.work / "kwok-unthrottled")
+        return env
+
+    def unthrottled(self):
+        """kube-controller-manager's client is limited to 20 requests/s (burst 30) by default;
+        creating twelve Deployments at once exhausts it, and their rollouts then wait on it. The
+        same cold pairs on a cluster made with --kube-api-qps=1000 show the tools without that
+        floor. The cluster is made with kwokctl directly (the plan format has no
+        controller-manager arguments) and filled by `bookinfo-up plans/sim.toml --kubeconfig`."""
+        log("unthrottled cluster: kwokctl create, then plans/sim.toml over it (untimed)")
+        kc = self.work / "unthrottled.kubeconfig"
+        # kwokctl picks ports counting down from 32767, avoiding only the clusters of its own
+        # work folder; ports from the kernel cannot collide with other clusters on the machine
+        # (as in src/provider/kwok.rs).
+        listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(6)]
+        ports = [sock.getsockname()[1] for sock in listeners]
+        for sock in listeners:
+            sock.close()
+        config = self.work / "unthrottled-ports.yaml"
+        config.write_text(
+            "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n"
+            + "".join(f"  {k}: {v}\n" for k, v in zip(
+                ("etcdPort", "etcdPeerPort", "kubeApiserverPort", "kubeControllerManagerPort",
+                 "kubeSchedulerPort", "kwokControllerPort"), ports)))
+        subprocess.run(
+            ["kwokctl", "--config", str(config), "create", "cluster", "--name", UNTHROTTLED,
+             "--runtime", "binary",
+             "--wait", "120s", "--kubeconfig", str(kc),
+             "--extra-args", "kube-apiserver=disable-admission-plugins=MutatingAdmissionWebhook,"
+             "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+             "--extra-args", "kube-controller-manager=kube-api-qps=1000",
+             "--extra-args", "kube-controller-manager=kube-api-burst=2000"],
+            env=self.unthrottled_env(), check=True, capture_output=True)
+        self.kubeconfig = kc
+        node = tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.work, delete=False)
+        json.dump(KWOK_NODE, node)
+        node.close()
+        self.kubectl("apply", "-f", node.name)
+        r = self.run_a("unthrottled-install", plan=PLAN_SIM)
+        if r["rc"] != 0:
+            raise RuntimeError("plans/sim.toml failed on the unthrottled cluster")
+        self.api = Api(kc, self.work)
+        self.clean()
+        self.run_a("unthrottled-warmup-a")
+        self.run_b("unthrottled-warmup-b")
+        self.cold("cold-unthrottled")
+
+    def delete_unthrottled(self):
+        if (self.work / "kwok-unthrottled").exists():
+            subprocess.run(["kwokctl", "delete", "cluster", "--name", UNTHROTTLED],
+                           env=self.unthrottled_env(), check=False, capture_output=True)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
+    total = next((l.split()[1] for l in mem.splitlines() if l.startswith("Mem:")), "?")
+    load = os.getloadavg()
+    return {"cpus": os.cpu_count(), "nproc": subprocess.run(["nproc"], capture_output=True,
+            text=True).stdout.strip(), "cpu": cpu, "memory": total,
+            "kernel": platform.release(), "os": _os_name(),
+            "loadavg_at_end": [round(x, 2) for x in load]}
+
+
+def _os_name():
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def versions() -> dict:
+    v = {}
+    for line in VERSIONS.read_text().splitlines():
+        m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", line.strip())
+        if m and m.group(1) in ("KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION",
+                                "HELM_VERSION", "ISTIO_VERSION", "ISTIO_COMMIT"):
+            v[m.group(1)] = m.group(2)
+
+    def out(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return "?"
+    v["bookinfo-up"] = out(str(UP), "--version")
+    v["git"] = out("git", "describe", "--always", "--dirty")
+    v["kubectl"] = out("kubectl", "version", "--client", "-o", "json")
+    try:
+        v["kubectl"] = json.loads(v["kubectl"])["clientVersion"]["gitVersion"]
+    except (json.JSONDecodeError, KeyError):
+        pass
+    v["python"] = platform.python_version()
+    return v
+
+
+SCENARIOS = {"cold": "cold", "noop": "no-op", "drift": "drift",
+             "cold-unthrottled": "cold, unthrottled controller-manager"}
+
+
+def summarize(results: dict) -> dict:
+    runs = results["runs"]
+    s = {}
+    for scenario in SCENARIOS:
+        a = [r for r in runs if r["scenario"] == scenario and r["side"] == "A"]
+        b = [r for r in runs if r["scenario"] == scenario and r["side"] == "B"]
+        if not a or not b:
+            continue
+        pairs = list(zip(a, b))
+
+        def both(key, xs=None):
+            return (median([r.get(key) for r in a]), median([r.get(key) for r in b]))
+        s[scenario] = {
+            "a_median": median([r["seconds"] for r in a]),
+            "b_median": median([r["seconds"] for r in b]),
+            "speedup_median": median([y["seconds"] / x["seconds"] for x, y in pairs]),
+            "pairs": [{"a": x["seconds"], "b": y["seconds"], "b_over_a": y["seconds"] / x["seconds"],
+                       "a_over_b": x["seconds"] / y["seconds"],
+                       "requests": (x["requests"], y["requests"]),
+                       "apiserver": (x["apiserver"]["total"], y["apiserver"]["total"]),
+                       "latency": (x.get("detect_latency"), y.get("detect_latency")),
+                       "submitted": (x.get("submitted_after"), y.get("submitted_after")),
+                       "rss": (x["maxrss_mb"], y["maxrss_mb"])}
+                      for x, y in pairs],
+            "requests": (median([r["requests"] for r in a]), median([r["requests"] for r in b])),
+            "apiserver": (median([r["apiserver"]["total"] for r in a]),
+                          median([r["apiserver"]["total"] for r in b])),
+            "latency": both("detect_latency"),
+            "ready_after": both("ready_after"),
+            "submitted": both("submitted_after"),
+            "cluster_rollout": both("cluster_rollout"),
+            "a_discovery": median([r["discovery_requests"] for r in a]),
+            "by_verb": (a[-1]["requests_by_verb"], b[-1]["requests_by_verb"]),
+            "a_startup": median([r["first_step_started"] - r["t_start"] for r in a
+                                 if r.get("first_step_started")]),
+            "a_rss_max": max(r["maxrss_mb"] for r in a),
+            "a_rss_median": median([r["maxrss_mb"] for r in a]),
+            "b_rss_max": max(r["maxrss_mb"] for r in b),
+            "a_steps": {sid: median([r["steps"][sid]["elapsed"] for r in a if sid in r["steps"]])
+                        for sid in a[0]["steps"]},
+            "not_noop": sorted({x for r in a for x in r.get("not_noop", [])}),
+        }
+    sim = [r for r in runs if r["scenario"] == "sim-noop"]
+    if sim:
+        s["sim"] = {
+            "median": median([r["seconds"] for r in sim]),
+            "runs": [r["seconds"] for r in sim],
+            "hwm_max": max(r["hwm_mb"] for r in sim),
+            "maxrss_with_children": max(r["maxrss_mb"] for r in sim),
+            "apiserver": median([r["apiserver"]["total"] for r in sim]),
+            "engine_requests": median([r["requests"] for r in sim]),
+            "provider_phase": median([r["first_step_started"] - r["t_start"] for r in sim
+                                      if r["first_step_started"]]),
+            "steps_phase": median([r["t_end"] - r["first_step_started"] for r in sim
+                                   if r["first_step_started"]]),
+            "helm_chain": median([sum(r["steps"][k]["elapsed"] for k in HELM_STEPS if k in r["steps"])
+                                  for r in sim]),
+            "steps": {sid: median([r["steps"][sid]["elapsed"] for r in sim if sid in r["steps"]])
+                      for sid in sim[0]["steps"]},
+            "not_noop": sorted({x for r in sim for x in r.get("not_noop", [])}),
+        }
+    cold_sim = [r for r in runs if r["scenario"] == "sim-cold"]
+    if cold_sim:
+        s["sim_cold"] = cold_sim[0]["seconds"]
+    rss = [r["maxrss_mb"] for r in runs if r["side"] == "A" and r["scenario"] in SCENARIOS]
+    rss += [r["hwm_mb"] for r in runs if r["scenario"] in ("sim-noop", "sim-cold") and r["hwm_mb"]]
+    s["rss_max"] = max(rss) if rss else None
+    return s
+
+
+def verdicts(s: dict) -> list[tuple[str, str, bool]]:
+    t = TARGETS
+    out = []
+    if "noop" in s:
+        out.append((f"no-op ≥ {t['noop_speedup']:.0f}× faster than kubectl",
+                    f"{s['noop']['speedup_median']:.1f}×", s["noop"]["speedup_median"] >= t["noop_speedup"]))
+        out.append((f"no-op under {t['noop_seconds']} s", f"{s['noop']['a_median']:.3f} s",
+                    s["noop"]["a_median"] < t["noop_seconds"]))
+    if "cold" in s:
+        got = f"{s['cold']['speedup_median']:.2f}×"
+        if "cold-unthrottled" in s:
+            got += f" ({s['cold-unthrottled']['speedup_median']:.2f}× with the controller-manager unthrottled)"
+        out.append((f"cold ≥ {t['cold_speedup']:.0f}× faster", got,
+                    s["cold"]["speedup_median"] >= t["cold_speedup"]))
+    if "sim" in s:
+        out.append((f"full sim plan no-op under {t['sim_noop_seconds']:.0f} s",
+                    f"{s['sim']['median']:.3f} s", s["sim"]["median"] < t["sim_noop_seconds"]))
+    if s.get("rss_max") is not None:
+        out.append((f"peak RSS of bookinfo-up under {t['rss_mb']:.0f} MB", f"{s['rss_max']:.1f} MB",
+                    s["rss_max"] < t["rss_mb"]))
+    return out
+
+
+def ms(x):
+    return "–" if x is None else f"{x * 1000:.0f} ms"
+
+
+def sec(x, digits=2):
+    return "–" if x is None else f"{x:.{digits}f} s"
+
+
+def markdown(results: dict, s: dict) -> str:
+    m, v = results["machine"], results["versions"]
+    L = []
+    L.append("# Benchmark: bookinfo-up against the seed's kubectl sequence\n")
+    L.append(f"Generated by `just bench` (bench/run.py) on {results['date']}: "
+             f"{results['pairs']} A/B pairs per scenario, {results['sim_runs']} no-op runs of the "
+             f"sim plan; the bench took {results['bench_seconds'] / 60:.1f} min. Method, and what "
+             "limits each figure: [README.md](README.md).\n")
+    L.append(f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} memory, "
+             f"{m['os']}, kernel {m['kernel']}. Load average at the end: "
+             f"{', '.join(str(x) for x in m['loadavg_at_end'])} (other clusters may share the CPUs).")
+    L.append(f"- Versions: bookinfo-up {v['bookinfo-up'].split()[-1]} (git {v['git']}), "
+             f"Kubernetes {v.get('KUBERNETES_VERSION')}, kwok {v.get('KWOK_VERSION')}, "
+             f"etcd {v.get('ETCD_VERSION')}, kubectl {v['kubectl']}, helm {v.get('HELM_VERSION')}, "
+             f"Istio {v.get('ISTIO_VERSION')} charts and addons (commit {v.get('ISTIO_COMMIT')}), "
+             f"Python {v['python']}.")
+    L.append("- Cluster: a kwok cluster (real etcd, kube-apiserver, controller-manager and "
+             "scheduler; simulated kubelets) made by `bookinfo-up plans/sim.toml`"
+             + (f" ({s['sim_cold']:.1f} s)" if "sim_cold" in s else "")
+             + "; its three Helm releases are installed then, timed for neither side.")
+    L.append("- A: `bookinfo-up plans/bench/seed-steps.toml --kubeconfig …`. B: `bench/baseline.sh`, "
+             "the same steps as kubectl commands. Same rendered manifests, same cluster, runs "
+             "alternating A, B, A, B; each timed from spawn to exit.\n")
+
+    L.append("## Targets\n")
+    L.append("| target | measured (median) | met |")
+    L.append("|---|---|---|")
+    for what, got, ok in verdicts(s):
+        L.append(f"| {what} | {got} | {'yes' if ok else '**no**'} |")
+    L.append("")
+
+    L.append("## Medians\n")
+    L.append("| scenario | A bookinfo-up | B kubectl | B/A | API requests A / B (own) | "
+             "apiserver requests A / B (all clients) | last Deployment submitted A / B | "
+             "cluster's rollout after that A / B | detection latency A / B |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for k, name in SCENARIOS.items():
+        if k not in s:
+            continue
+        x = s[k]
+        L.append(f"| {name} | {sec(x['a_median'], 3)} | {sec(x['b_median'], 3)} | "
+                 f"**{x['speedup_median']:.1f}×** | {x['requests'][0]:.0f} / {x['requests'][1]:.0f} | "
+                 f"{x['apiserver'][0]:.0f} / {x['apiserver'][1]:.0f} | "
+                 f"{sec(x['submitted'][0])} / {sec(x['submitted'][1])} | "
+                 f"{sec(x['cluster_rollout'][0])} / {sec(x['cluster_rollout'][1])} | "
+                 f"{ms(x['latency'][0])} / {ms(x['latency'][1])} |")
+    L.append("")
+    L.append("- *B/A*: the median of the pairs' ratios (how many times faster A is).")
+    L.append("- *API requests (own)*: bookinfo-up's, counted from its kube-client trace; kubectl's, "
+             "from `-v=6` (kubectl's warm discovery cache answers without a request).")
+    L.append("- *apiserver requests*: the change of `apiserver_request_total` over the run: every "
+             "client, so also the controllers, scheduler and kwok reacting to the run "
+             f"({results.get('background_rps', 0):.1f} requests/s with the cluster idle).")
+    L.append("- *last Deployment submitted*: from the start of the run until a watch saw the last "
+             "Deployment created or its spec changed; *cluster's rollout after that*: until the "
+             "last Deployment was rolled out; *detection latency*: from then until the rollout "
+             "step finished (A: its log line; B: the script's exit, `kubectl rollout status` "
+             "being its last command). Host clock, sub-second, from a list+watch started before "
+             "the run.\n")
+
+    for k, name in SCENARIOS.items():
+        if k not in s:
+            continue
+        x = s[k]
+        L.append(f"## {name}, pair by pair\n")
+        L.append("| pair | A | B | B/A | A/B | requests A / B | apiserver A / B | "
+                 "detection latency A / B | peak RSS A / B |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for i, p in enumerate(x["pairs"], 1):
+            L.append(f"| {i} | {p['a']:.3f} s | {p['b']:.3f} s | {p['b_over_a']:.1f}× | "
+                     f"{p['a_over_b']:.3f} | {p['requests'][0]} / {p['requests'][1]} | "
+                     f"{p['apiserver'][0]} / {p['apiserver'][1]} | "
+                     f"{ms(p['latency'][0])} / {ms(p['latency'][1])} | "
+                     f"{p['rss'][0]:.1f} / {p['rss'][1]:.1f} MB |")
+        L.append("")
+        steps = ", ".join(f"{sid} {e:.3f}" for sid, e in x["a_steps"].items())
+        L.append(f"A: {ms(x['a_startup'])} from spawn to the first step (start-up, plan "
+                 f"analysis, pinned addons read and checked); steps, median elapsed in s: {steps}.  ")
+        L.append(f"Requests by verb in the last pair: A {x['by_verb'][0]} "
+                 f"({x['a_discovery']:.0f} discovery, median); B {x['by_verb'][1]}.")
+        if x["not_noop"]:
+            L.append(f"  \n**Not a no-op**: A changed {x['not_noop']}.")
+        L.append("")
+
+    if "sim" in s:
+        x = s["sim"]
+        L.append("## Full sim plan, no-op, Helm steps included\n")
+        L.append(f"`bookinfo-up plans/sim.toml` over its own converged cluster, "
+                 f"{len(x['runs'])} runs: median **{x['median']:.3f} s** "
+                 f"({', '.join(f'{t:.3f}' for t in x['runs'])}).\n")
+        L.append(f"- Before the first step: {sec(x['provider_phase'], 3)} (the kwok provider: "
+                 "`kwokctl get clusters`, `kwokctl start cluster` on the running cluster, then "
+                 "the fetch of the pinned addons from the cache).")
+        L.append(f"- Steps: {sec(x['steps_phase'], 3)}, of which the Helm chain istio-base → "
+                 f"istiod → ingress-gateway takes {sec(x['helm_chain'], 3)} (two helm processes "
+                 "per release, each release waiting for the previous one).")
+        steps = ", ".join(f"{sid} {e:.3f}" for sid, e in x["steps"].items())
+        L.append(f"- Each step, median elapsed in s: {steps}.")
+        L.append(f"- bookinfo-up's own peak RSS (VmHWM): {x['hwm_max']:.1f} MB; with its helm and "
+                 f"kwokctl children: {x['maxrss_with_children']:.1f} MB. API requests: "
+                 f"{x['engine_requests']:.0f} from bookinfo-up, {x['apiserver']:.0f} at the "
+                 "apiserver (helm's and the cluster's own included).")
+        if x["not_noop"]:
+            L.append(f"- **Not a no-op**: changed {x['not_noop']}.")
+        L.append("")
+
+    L.append("## Peak RSS of bookinfo-up\n")
+    for k, name in SCENARIOS.items():
+        if k in s:
+            L.append(f"- {name}: median {s[k]['a_rss_median']:.1f} MB, max {s[k]['a_rss_max']:.1f} MB "
+                     f"(getrusage; kubectl's largest process on side B: {s[k]['b_rss_max']:.1f} MB)")
+    if "sim" in s:
+        L.append(f"- sim plan no-op: max {s['sim']['hwm_max']:.1f} MB (VmHWM, sampled every 20 ms)")
+    L.append("")
+    L.append("Every run's raw figures: [results.json](results.json).")
+    return "\n".join(L) + "\n"
+
+
+def print_summary(s: dict):
+    print()
+    print(f"{'scenario':<38} {'A median':>9} {'B median':>9} {'B/A':>6}   pairs B/A")
+    for k, name in SCENARIOS.items():
+        if k in s:
+            x = s[k]
+            pairs = " ".join(f"{p['b_over_a']:.1f}" for p in x["pairs"])
+            print(f"{name:<38} {x['a_median']:>7.3f} s {x['b_median']:>7.3f} s "
+                  f"{x['speedup_median']:>5.1f}×   {pairs}")
+    if "sim" in s:
+        print(f"{'sim plan no-op (Helm steps included)':<38} {s['sim']['median']:>7.3f} s")
+    print()
+    for what, got, ok in verdicts(s):
+        print(f"{'met ' if ok else 'MISS'}  {what}: {got}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", type=int, default=5, help="A/B pairs per scenario (default 5)")
+    p.add_argument("--sim-runs", type=int, default=5, help="no-op runs of plans/sim.toml")
+    p.add_argument("--scenarios", default="cold,noop,drift,cold-unthrottled")
+    p.add_argument("--idle", type=float, default=3.0, help="seconds to measure the idle request rate")
+    p.add_argument("--work", help="work folder (default: a new temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the cluster and the work folder")
+    p.add_argument("--results", default=str(ROOT / "bench/results.md"))
+    args = p.parse_args()
+
+    for tool in ("kubectl", "kwokctl", "helm"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: `{tool}` is not on PATH; run `eval \"$(bash testbed/env.sh)\"`")
+    if not os.environ.get("BOOKINFO_UP_ISTIO_DIR"):
+        sys.exit("bench: BOOKINFO_UP_ISTIO_DIR is unset; run `eval \"$(bash testbed/env.sh)\"`")
+    if not UP.is_file():
+        sys.exit("bench: target/release/bookinfo-up is missing; run `cargo build --release`")
+
+    started = time.time()
+    bench = Bench(args)
+    log(f"work folder {bench.work}")
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    try:
+        bench.sim()
+        bench.prepare_ab()
+        if "cold" in scenarios:
+            bench.cold()
+        if "noop" in scenarios:
+            bench.noop()
+        if "drift" in scenarios:
+            bench.drift_runs()
+        if "cold-unthrottled" in scenarios:
+            # The sim plan's cluster is not needed any more: two clusters at once on two
+            # cores would slow both.
+            if not args.keep:
+                subprocess.run([DOWN, PLAN_SIM, "-q"], env=bench.env, cwd=ROOT, check=False)
+            bench.unthrottled()
+    finally:
+        bench.teardown()
+
+    results = bench.results
+    results.update(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                   machine=machine(), versions=versions(), pairs=args.pairs,
+                   sim_runs=args.sim_runs, bench_seconds=time.time() - started)
+    s = summarize(results)
+    results["summary"] = s
+    out = Path(args.results)
+    out.write_text(markdown(results, s))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    log(f"wrote {out} and {out.with_suffix('.json')}")
+    print_summary(s)
+
+
+if __name__ == "__main__":
+    main()
