@@ -1775,19 +1775,15 @@ mod tests {
     #[test]
     fn including_plan_overrides_included_vars() {
         let shared = "[vars]\ntag = \"1.20.3\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"echo\", \"${tag}\"]\n";
-        let plan = format!(
-            "[plan]\nname = \"t\"\ninclude = [\"shared.toml\"]\n[cluster]\nprovider = \"existing\"\n[vars]\ntag = \"1.17.0\"\n"
-        );
-        let p = analyze(&plan, &[("shared.toml", shared)], &[]).unwrap();
+        let plan = "[plan]\nname = \"t\"\ninclude = [\"shared.toml\"]\n[cluster]\nprovider = \"existing\"\n[vars]\ntag = \"1.17.0\"\n";
+        let p = analyze(plan, &[("shared.toml", shared)], &[]).unwrap();
         assert_eq!(exec_command(&p), ["echo", "1.17.0"]);
     }
 
     #[test]
     fn vars_files_supply_literal_values() {
-        let plan = format!(
-            "[plan]\nname = \"t\"\nvars_files = [\"v.env\"]\n[cluster]\nprovider = \"existing\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"${{V}}\"]\n"
-        );
-        let p = analyze(&plan, &[("v.env", "# pins\nV=1.30.4\n")], &[]).unwrap();
+        let plan = "[plan]\nname = \"t\"\nvars_files = [\"v.env\"]\n[cluster]\nprovider = \"existing\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"${V}\"]\n";
+        let p = analyze(plan, &[("v.env", "# pins\nV=1.30.4\n")], &[]).unwrap();
         assert_eq!(exec_command(&p), ["1.30.4"]);
     }
 

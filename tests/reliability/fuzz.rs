@@ -33,6 +33,9 @@ struct Mirror {
     originals: Vec<Vec<u8>>,
     /// Lines of every file, donors for replacements.
     donors: Vec<String>,
+    /// The first `real` targets are the shipped plans, their includes and manifests; the
+    /// rest are tests/plans.
+    real: usize,
 }
 
 fn copy_tree(from: &Path, to: &Path, files: &mut Vec<PathBuf>, base: &Path) {
@@ -76,9 +79,15 @@ impl Mirror {
             ("plans/fresh.toml".into(), "plans/fresh.toml".into()),
         ];
         for f in &files {
+            if f.starts_with("manifests") {
+                targets.push((f.clone(), sim.clone()));
+            }
+        }
+        let real = targets.len();
+        for f in &files {
             let s = f.to_string_lossy();
             if s.starts_with("manifests/") {
-                targets.push((f.clone(), sim.clone()));
+                continue;
             } else if s.starts_with("tests/plans/")
                 && s.ends_with(".toml")
                 && !s.contains("/includes/")
@@ -118,6 +127,7 @@ impl Mirror {
             targets,
             originals,
             donors,
+            real,
         }
     }
 }
@@ -247,9 +257,10 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn case(targets: usize) -> impl Strategy<Value = Case> {
+fn case(real: usize, targets: usize) -> impl Strategy<Value = Case> {
     prop_oneof![
-        8 => (0..targets, prop::collection::vec(edit(), 1..8)).prop_map(|(t, e)| Case::Mutate(t, e)),
+        5 => (0..real, prop::collection::vec(edit(), 1..8)).prop_map(|(t, e)| Case::Mutate(t, e)),
+        3 => (0..targets, prop::collection::vec(edit(), 1..8)).prop_map(|(t, e)| Case::Mutate(t, e)),
         1 => ".{0,400}".prop_map(Case::Text),
         1 => prop::collection::vec(any::<u8>(), 0..600).prop_map(Case::Bytes),
     ]
@@ -372,7 +383,7 @@ fn fuzz(secs: f64, seed: u64) -> Stats {
             TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
         let cases = std::cell::Cell::new(0u64);
         let loaded = std::cell::Cell::new(0u64);
-        let result = runner.run(&case(mirror.targets.len()), |c| {
+        let result = runner.run(&case(mirror.real, mirror.targets.len()), |c| {
             let (target, entry, content, restore) = match &c {
                 Case::Mutate(t, edits) => {
                     let (target, entry) = &mirror.targets[*t];
