@@ -54,3 +54,10 @@ down: build
 # A/B benchmark against the seed's kubectl steps on a kwok cluster (~6 min); writes bench/results.md
 bench *args: build
     tb="$(bash testbed/env.sh)"; eval "$tb"; python3 bench/run.py {{args}}
+
+# Reliability under faults (issue #6): the API server killed mid-step, SIGINT at seeded
+# instants, idempotence, down's safety, secrets in logs, remote manifests, and the plan
+# loader fuzzed alongside for BOOKINFO_UP_FUZZ_SECS (default 600). ARGS filter tests, e.g.
+# `just reliability fuzz`. Live tests run one at a time (BOOKINFO_UP_RELIABILITY_JOBS).
+reliability *ARGS:
+    {{testbed_env}}; start=$(date +%s); rc=0; cargo test --test reliability -- --ignored --nocapture --test-threads 16 {{ARGS}} || rc=$?; echo "reliability took $(( $(date +%s) - start )) s"; exit $rc

@@ -3,7 +3,9 @@
 mod bad_plans;
 mod cli_cancel;
 mod common;
+mod existing_teardown;
 mod http_check;
+mod kind_preflight;
 mod kube_apply;
 mod kube_patch;
 mod kube_shared;

@@ -447,9 +447,12 @@ impl Analyzer<'_> {
                         self.diags.push(
                             Diagnostic::new(format!("environment variable `{name}` is not set"))
                                 .at(file, span)
-                                .help(format!(
-                                    "set it, or give a default: `${{env.{name}:-value}}`"
-                                )),
+                                .help(if ["BOOKINFO_UP_TESTBED_BIN", "BOOKINFO_UP_ISTIO_DIR"].contains(&name) {
+                                    // The testbed's variables: say where they come from.
+                                    "the testbed sets it: run `just testbed`, then `eval \"$(just testbed-env)\"`".to_string()
+                                } else {
+                                    format!("set it, or give a default: `${{env.{name}:-value}}`")
+                                }),
                         );
                         None
                     }

@@ -106,6 +106,12 @@ impl ControlPlane {
             .unwrap_or_else(|| panic!("no component {name}"))
     }
 
+    /// SIGSTOPs the API server: requests in flight hang until `kill_apiserver`, which pins
+    /// the kill inside a step that takes only milliseconds.
+    pub fn freeze_apiserver(&self) {
+        signal(self.get("kube-apiserver").pid, libc::SIGSTOP);
+    }
+
     /// SIGKILLs the API server and waits until it is gone.
     pub fn kill_apiserver(&self) -> Outage {
         let lock = port_lock();

@@ -318,6 +318,22 @@ impl Running {
         }
     }
 
+    /// Waits until, for each group of `patterns`, a line has held all of the group.
+    pub fn wait_all(&mut self, patterns: &[&[&str]], limit: Duration) -> Result<(), String> {
+        let mut seen = vec![false; patterns.len()];
+        let deadline = Instant::now() + limit;
+        while !seen.iter().all(|s| *s) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.wait_line(|_| true, left)?;
+            for (i, group) in patterns.iter().enumerate() {
+                if group.iter().all(|p| line.contains(p)) {
+                    seen[i] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Consumes lines for at most `d` (keeps the lock logic going), returns early on exit.
     pub fn pump(&mut self, d: Duration) {
         let deadline = Instant::now() + d;
