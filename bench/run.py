@@ -33,6 +33,7 @@ only.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import hashlib
 import http.client
@@ -105,8 +106,8 @@ def median(xs):
 
 
 class Api:
-    """Just enough of a Kubernetes client for the harness: GET, PATCH, DELETE, list+watch and
-    /metrics, with the kubeconfig's client certificate."""
+    """Just enough of a Kubernetes client for the harness (GET, PATCH, watch, /metrics), with
+    the kubeconfig's client certificate or token."""
 
     def __init__(self, kubeconfig: Path, work: Path):
         raw = subprocess.run(
@@ -124,7 +125,6 @@ class Api:
             data = obj.get(key + "-data")
             if data is None:
                 return None
-            import base64
             p = work / name
             p.write_bytes(base64.b64decode(data))
             return str(p)
@@ -141,11 +141,15 @@ class Api:
     def connection(self, timeout=60.0) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=timeout)
 
+    def headers(self) -> dict:
+        h = {"Accept": "application/json", "User-Agent": "bookinfo-up-bench"}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
     def request(self, method: str, path: str, body=None, ctype="application/json"):
         conn = self.connection()
-        headers = {"Accept": "application/json", "User-Agent": "bookinfo-up-bench"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = self.headers()
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -186,12 +190,19 @@ class Api:
 
 
 def metrics_delta(before: dict, after: dict) -> dict:
-    """Requests between two scrapes, less the first scrape itself (counted when it ended)."""
+    """Requests between two scrapes. The apiserver counts resource requests only: discovery,
+    OpenAPI and the /metrics scrapes themselves are not in apiserver_request_total."""
     verbs = set(before["by_verb"]) | set(after["by_verb"])
     by_verb = {v: int(after["by_verb"].get(v, 0) - before["by_verb"].get(v, 0)) for v in verbs}
-    by_verb["GET"] = by_verb.get("GET", 0) - 1
-    return {"total": int(after["total"] - before["total"]) - 1,
+    return {"total": int(after["total"] - before["total"]),
             "by_verb": {v: n for v, n in sorted(by_verb.items()) if n}}
+
+
+def non_resource(url: str) -> bool:
+    """Discovery (/api, /apis, /api/v1, /apis/GROUP/VERSION) and OpenAPI documents."""
+    path = urlparse(url).path.rstrip("/")
+    return bool(re.fullmatch(r"/api(/v1)?|/apis(/[^/]+/[^/]+)?|/apis/[^/]+|/openapi/.*|/version",
+                             path))
 
 
 def rolled_out(d: dict) -> bool:
@@ -247,7 +258,7 @@ class ReadyWatch:
         rv = listing["metadata"]["resourceVersion"]
         self.conn = self.api.connection(timeout=None)
         self.conn.request("GET", f"/apis/apps/v1/deployments?watch=1&resourceVersion={rv}"
-                          "&timeoutSeconds=1800", headers={"Accept": "application/json"})
+                          "&timeoutSeconds=1800", headers=self.api.headers())
         self.resp = self.conn.getresponse()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -350,7 +361,7 @@ def read_engine_run(r: dict) -> dict:
     """From bookinfo-up's --output json (stdout) and --log-format json (stderr): step outcomes,
     when each step finished, and the kube-client requests it sent."""
     info = {"steps": {}, "requests": 0, "requests_by_verb": {}, "step_started": {},
-            "step_finished": {}, "first_step_started": None, "discovery_requests": 0}
+            "step_finished": {}, "first_step_started": None, "non_resource": 0}
     try:
         summary = json.loads(Path(r["stdout"]).read_text())
         for s in summary["steps"]:
@@ -372,9 +383,8 @@ def read_engine_run(r: dict) -> dict:
                 verb = "WATCH"
             info["requests"] += 1
             info["requests_by_verb"][verb] = info["requests_by_verb"].get(verb, 0) + 1
-            path = urlparse(url).path.rstrip("/")
-            if re.fullmatch(r"/api/v1|/apis/[^/]+/[^/]+|/api|/apis", path):
-                info["discovery_requests"] += 1
+            if non_resource(url):
+                info["non_resource"] += 1
         elif f.get("message") == "started" and "step" in f:
             t = parse_ts(o["timestamp"])
             info["step_started"].setdefault(f["step"], t)
@@ -390,6 +400,7 @@ def read_kubectl_run(r: dict) -> dict:
     notes when its `kubectl rollout status` commands begin."""
     by_verb: dict[str, int] = {}
     n = 0
+    nonres = 0
     rollout_started = None
     for line in Path(r["stderr"]).read_text(errors="replace").splitlines():
         if line.startswith("rollout-status-begins "):
@@ -401,7 +412,8 @@ def read_kubectl_run(r: dict) -> dict:
         verb = "WATCH" if "watch=true" in m.group(2) else m.group(1)
         by_verb[verb] = by_verb.get(verb, 0) + 1
         n += 1
-    return {"requests": n, "requests_by_verb": by_verb,
+        nonres += non_resource(m.group(2))
+    return {"requests": n, "requests_by_verb": by_verb, "non_resource": nonres,
             "step_started": {"rollout": rollout_started}, "step_finished": {"rollout": r["t_end"]}}
 
 
@@ -427,7 +439,7 @@ class Bench:
 
     # helpers
 
-    def kubectl(self, *args, check=True, quiet=True):
+    def kubectl(self, *args, check=True):
         r = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
                            env=self.env, capture_output=True, text=True)
         if check and r.returncode != 0:
@@ -532,7 +544,6 @@ class Bench:
             if hashlib.sha256(data).hexdigest() != u["sha256"]:
                 raise RuntimeError(f"{path}: sha256 differs from the plan's pin")
             (self.manifests / "addons" / path.name).write_bytes(data)
-        self.values = values
 
     def kiali_patch_from_cluster(self):
         """B patches config.yaml to what the engine merged (read back after an A run), so both
@@ -659,8 +670,8 @@ class Bench:
         if a.get("detect_latency") is not None:
             extra = (f"; last Deployment submitted at {a.get('submitted_after', 0):.2f}/"
                      f"{b.get('submitted_after', 0):.2f} s, rolled out at {a['ready_after']:.2f}/"
-                     f"{b['ready_after']:.2f} s, detected +{a['detect_latency'] * 1000:.0f}/"
-                     f"+{b['detect_latency'] * 1000:.0f} ms")
+                     f"{b['ready_after']:.2f} s, detected {a['detect_latency'] * 1000:+.0f}/"
+                     f"{b['detect_latency'] * 1000:+.0f} ms")
         log(f"  {scenario} pair {i}: A {a['seconds']:.3f} s, B {b['seconds']:.3f} s, "
             f"B/A {b['seconds'] / a['seconds']:.1f}x; requests A {a['requests']} / "
             f"B {b['requests']} (apiserver {a['apiserver']['total']}/{b['apiserver']['total']})"
@@ -699,8 +710,9 @@ class Bench:
                 self.check_restored(image, f"drift-{i}-{side}")
             self.pair_line("drift", i, pair["A"], pair["B"])
 
-    def teardown(self):
-        """Deletes the sim plan's cluster (and the unthrottled one, if any)."""
+    def teardown(self, failed=False):
+        """Deletes the sim plan's cluster (and the unthrottled one, if any), and the work
+        folder unless a run failed (its logs say why)."""
         if self.args.keep:
             log(f"kept: {self.work} (`BOOKINFO_UP_STATE_DIR={self.state} "
                 f"target/release/bookinfo-down plans/sim.toml` removes the cluster; "
@@ -710,7 +722,10 @@ class Bench:
         log("deleting the bench cluster")
         subprocess.run([DOWN, PLAN_SIM, "-q"], env=self.env, cwd=ROOT, check=False)
         self.delete_unthrottled()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if failed:
+            log(f"logs of every run kept in {self.work / 'runs'}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     # The supplement: cold on a cluster whose controller-manager is not rate-limited.
 
@@ -853,7 +868,8 @@ def summarize(results: dict) -> dict:
             "ready_after": both("ready_after"),
             "submitted": both("submitted_after"),
             "cluster_rollout": both("cluster_rollout"),
-            "a_discovery": median([r["discovery_requests"] for r in a]),
+            "non_resource": (median([r["non_resource"] for r in a]),
+                             median([r["non_resource"] for r in b])),
             "by_verb": (a[-1]["requests_by_verb"], b[-1]["requests_by_verb"]),
             "a_startup": median([r["first_step_started"] - r["t_start"] for r in a
                                  if r.get("first_step_started")]),
@@ -916,7 +932,10 @@ def verdicts(s: dict) -> list[tuple[str, str, bool]]:
 
 
 def ms(x):
-    return "–" if x is None else f"{x * 1000:.0f} ms"
+    if x is None:
+        return "–"
+    n = round(x * 1000)
+    return f"{n} ms" if n >= 0 else f"−{-n} ms"
 
 
 def sec(x, digits=2):
@@ -955,7 +974,7 @@ def markdown(results: dict, s: dict) -> str:
     L.append("")
 
     L.append("## Medians\n")
-    L.append("| scenario | A bookinfo-up | B kubectl | B/A | API requests A / B (own) | "
+    L.append("| scenario | A bookinfo-up | B kubectl | B/A | own API requests A / B | "
              "apiserver requests A / B (all clients) | last Deployment submitted A / B | "
              "cluster's rollout after that A / B | detection latency A / B |")
     L.append("|---|---|---|---|---|---|---|---|---|")
@@ -964,24 +983,30 @@ def markdown(results: dict, s: dict) -> str:
             continue
         x = s[k]
         L.append(f"| {name} | {sec(x['a_median'], 3)} | {sec(x['b_median'], 3)} | "
-                 f"**{x['speedup_median']:.1f}×** | {x['requests'][0]:.0f} / {x['requests'][1]:.0f} | "
+                 f"**{x['speedup_median']:.1f}×** | {x['requests'][0]:.0f} ({x['non_resource'][0]:.0f}) / "
+                 f"{x['requests'][1]:.0f} ({x['non_resource'][1]:.0f}) | "
                  f"{x['apiserver'][0]:.0f} / {x['apiserver'][1]:.0f} | "
                  f"{sec(x['submitted'][0])} / {sec(x['submitted'][1])} | "
                  f"{sec(x['cluster_rollout'][0])} / {sec(x['cluster_rollout'][1])} | "
                  f"{ms(x['latency'][0])} / {ms(x['latency'][1])} |")
     L.append("")
     L.append("- *B/A*: the median of the pairs' ratios (how many times faster A is).")
-    L.append("- *API requests (own)*: bookinfo-up's, counted from its kube-client trace; kubectl's, "
-             "from `-v=6` (kubectl's warm discovery cache answers without a request).")
-    L.append("- *apiserver requests*: the change of `apiserver_request_total` over the run: every "
-             "client, so also the controllers, scheduler and kwok reacting to the run "
-             f"({results.get('background_rps', 0):.1f} requests/s with the cluster idle).")
+    L.append("- *own API requests*: bookinfo-up's, counted from its kube-client trace; kubectl's, "
+             "from `-v=6`; in brackets, how many of them were discovery or OpenAPI documents "
+             "(kubectl's warm disk cache answers most discovery without a request).")
+    L.append("- *apiserver requests*: the change of `apiserver_request_total` over the run: the "
+             "resource requests of every client, so also of the controllers, scheduler and kwok "
+             "reacting to the run, and of helm "
+             f"({results.get('background_rps', 0):.1f} requests/s with the cluster idle); the "
+             "apiserver does not count discovery and OpenAPI requests there.")
     L.append("- *last Deployment submitted*: from the start of the run until a watch saw the last "
              "Deployment created or its spec changed; *cluster's rollout after that*: until the "
-             "last Deployment was rolled out; *detection latency*: from then until the rollout "
-             "step finished (A: its log line; B: the script's exit, `kubectl rollout status` "
-             "being its last command). Host clock, sub-second, from a list+watch started before "
-             "the run.\n")
+             "last Deployment was rolled out; *detection latency*: from then, or from the start "
+             "of the rollout step if that is later, until the step ended (A: its `rollout` step, "
+             "from its JSON log; B: its `kubectl rollout status` commands, from a mark the script "
+             "prints to its exit). Host clock, sub-second, from a list+watch of Deployments "
+             "started before the run; the tool's watch and the harness's see the same update, so "
+             "a few milliseconds either way are noise.\n")
 
     for k, name in SCENARIOS.items():
         if k not in s:
@@ -1001,8 +1026,7 @@ def markdown(results: dict, s: dict) -> str:
         steps = ", ".join(f"{sid} {e:.3f}" for sid, e in x["a_steps"].items())
         L.append(f"A: {ms(x['a_startup'])} from spawn to the first step (start-up, plan "
                  f"analysis, pinned addons read and checked); steps, median elapsed in s: {steps}.  ")
-        L.append(f"Requests by verb in the last pair: A {x['by_verb'][0]} "
-                 f"({x['a_discovery']:.0f} discovery, median); B {x['by_verb'][1]}.")
+        L.append(f"Own requests by verb in the last pair: A {x['by_verb'][0]}; B {x['by_verb'][1]}.")
         if x["not_noop"]:
             L.append(f"  \n**Not a no-op**: A changed {x['not_noop']}.")
         L.append("")
@@ -1060,8 +1084,9 @@ def print_summary(s: dict):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=5, help="A/B pairs per scenario (default 5)")
-    p.add_argument("--sim-runs", type=int, default=5, help="no-op runs of plans/sim.toml")
-    p.add_argument("--scenarios", default="cold,noop,drift,cold-unthrottled")
+    p.add_argument("--sim-runs", type=int, default=7, help="no-op runs of plans/sim.toml (default 7)")
+    p.add_argument("--scenarios", default="cold,noop,drift,cold-unthrottled",
+                   help="which A/B scenarios (default: all four); the sim plan always runs")
     p.add_argument("--idle", type=float, default=3.0, help="seconds to measure the idle request rate")
     p.add_argument("--work", help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the cluster and the work folder")
@@ -1080,6 +1105,7 @@ def main():
     bench = Bench(args)
     log(f"work folder {bench.work}")
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    failed = True
     try:
         bench.sim()
         bench.prepare_ab()
@@ -1095,10 +1121,15 @@ def main():
             if not args.keep:
                 subprocess.run([DOWN, PLAN_SIM, "-q"], env=bench.env, cwd=ROOT, check=False)
             bench.unthrottled()
+        failed = False
     finally:
-        bench.teardown()
+        bench.teardown(failed)
 
     results = bench.results
+    for r in results["runs"]:
+        # Paths into the work folder, gone with it.
+        r.pop("stdout", None)
+        r.pop("stderr", None)
     results.update(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    machine=machine(), versions=versions(), pairs=args.pairs,
                    sim_runs=args.sim_runs, bench_seconds=time.time() - started)

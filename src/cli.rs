@@ -193,7 +193,10 @@ fn init_tracing(c: &Common, tty: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("BOOKINFO_UP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,bookinfo_up={ours}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,bookinfo_up={ours}")))
+        // Whatever BOOKINFO_UP_LOG asks for: rustls logs the peer's certificate chain at
+        // trace, and kwok's API server presents the kubeconfig's client certificate.
+        .add_directive("rustls=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -22,6 +22,8 @@ pub struct StepCtx {
     pub cache_dir: PathBuf,
     /// Where failure diagnostics go.
     pub artifacts: PathBuf,
+    /// The step's time limit, for tools that take one of their own (helm `--timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl StepCtx {
@@ -42,7 +44,14 @@ impl StepCtx {
             cancel,
             cache_dir,
             artifacts,
+            timeout: None,
         }
+    }
+
+    /// Sets the step's time limit.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// The cluster connection; steps that need one call this.

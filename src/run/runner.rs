@@ -161,7 +161,8 @@ impl Runner {
                             stop.child_token(),
                             self.opts.cache_dir.clone(),
                             self.opts.artifacts.clone(),
-                        );
+                        )
+                        .with_timeout(step.timeout);
                         let reverse = self.opts.reverse;
                         let cancel = self.cancel.clone();
                         tasks.spawn(

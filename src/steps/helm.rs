@@ -67,7 +67,16 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     }
     tool = tool.arg("--values").arg(values_file.path());
     if h.wait {
-        tool = tool.args(["--wait", "--timeout", "30m"]);
+        // Helm's own deadline a little inside the step's, so its error (which resources are
+        // not ready) is what the user sees rather than the step's timeout.
+        let limit = ctx
+            .timeout
+            .map(|t| {
+                t.saturating_sub(std::time::Duration::from_secs(5))
+                    .max(std::time::Duration::from_secs(5))
+            })
+            .unwrap_or(std::time::Duration::from_secs(1800));
+        tool = tool.args(["--wait", "--timeout", &format!("{}s", limit.as_secs())]);
     }
     if h.create_namespace {
         // Created here rather than by helm, so that it carries the plan's label and teardown

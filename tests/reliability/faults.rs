@@ -56,11 +56,14 @@ fn fault(p: &Point) {
         }
         cp.freeze_apiserver();
     }
+    let frozen = !p.freeze_after.is_empty();
     let line = match run.wait_line(
         |l| p.trigger.iter().all(|t| l.contains(t)),
-        Duration::from_secs(300),
+        Duration::from_secs(if frozen { 30 } else { 300 }),
     ) {
         Ok(l) => l,
+        // Frozen, the run may wait on the API server before it gets there: kill anyway.
+        Err(why) if frozen => format!("({why})"),
         Err(why) => {
             let r = run.finish(Duration::from_secs(600));
             panic!("{}: {why}; stderr:\n{}", p.what, r.stderr);
@@ -155,17 +158,23 @@ fn fault(p: &Point) {
             rerun.brief(),
             rerun.failures()[0].1.lines().next().unwrap_or_default()
         );
-        eprintln!("  (no Service holds that node port: kube-apiserver leaked it; waiting for its repair loop)");
+        eprintln!(
+            "  (no Service holds that node port: kube-apiserver leaked it; waiting for its repair loop)"
+        );
         let limit: f64 = std::env::var("BOOKINFO_UP_LEAK_WAIT_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(480.0);
         let t = Instant::now();
-        while rerun.code != 0 && leaked_node_port(&sim, &rerun) && t.elapsed().as_secs_f64() < limit {
+        while rerun.code != 0 && leaked_node_port(&sim, &rerun) && t.elapsed().as_secs_f64() < limit
+        {
             std::thread::sleep(Duration::from_secs(20));
             rerun = sim.up(&[]);
         }
-        eprintln!("  the node port was free again {:.0}s later", t.elapsed().as_secs_f64());
+        eprintln!(
+            "  the node port was free again {:.0}s later",
+            t.elapsed().as_secs_f64()
+        );
     }
     let account = assert_converged(
         &sim,
@@ -255,7 +264,10 @@ fn apiserver_killed_during_a_check() {
         what: "a check",
         step: "webhook-ready",
         // What it needs: istiod and the CRDs.
-        freeze_after: &[&["step=istiod", "outcome="], &["step=istio-crds", "outcome="]],
+        freeze_after: &[
+            &["step=istiod", "outcome="],
+            &["step=istio-crds", "outcome="],
+        ],
         trigger: &["started step=webhook-ready"],
     });
 }

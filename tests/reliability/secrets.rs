@@ -53,8 +53,10 @@ fn b64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// Strings that would betray a PEM file's secret, however it were logged.
-fn pem_needles(name: &str, pem: &str) -> Vec<(String, String)> {
+/// Strings that would betray a PEM file's secret, however it were logged. For a private key
+/// they come from the end of the DER (the private exponent and primes): its beginning holds
+/// the modulus, which the certificate publishes too.
+fn pem_needles(name: &str, pem: &str, private: bool) -> Vec<(String, String)> {
     let body: Vec<&str> = pem
         .lines()
         .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
@@ -62,23 +64,30 @@ fn pem_needles(name: &str, pem: &str) -> Vec<(String, String)> {
     let joined = body.concat();
     let der = b64_decode(&joined);
     assert!(der.len() > 200, "{name} is a PEM");
+    // Where to take the DER and text slices from.
+    let (d, t) = if private {
+        (der.len() - 100, joined.len() - 200)
+    } else {
+        (60, 120)
+    };
     let mut v = vec![
         // The kubeconfig's `*-data` value, past the common "-----BEGIN" prefix.
-        (
-            format!("{name} as kubeconfig data"),
-            b64_encode(pem.as_bytes())[80..140].to_string(),
-        ),
+        (format!("{name} as kubeconfig data"), {
+            let data = b64_encode(pem.as_bytes());
+            let at = if private { data.len() - 200 } else { 80 };
+            data[at..at + 60].to_string()
+        }),
         (
             format!("{name} DER in base64"),
-            joined[120..180].to_string(),
+            joined[t..t + 60].to_string(),
         ),
         (
             format!("{name} DER in hex"),
-            der[60..100].iter().map(|b| format!("{b:02x}")).collect(),
+            der[d..d + 40].iter().map(|b| format!("{b:02x}")).collect(),
         ),
         (
             format!("{name} DER in HEX"),
-            der[60..100].iter().map(|b| format!("{b:02X}")).collect(),
+            der[d..d + 40].iter().map(|b| format!("{b:02X}")).collect(),
         ),
         (
             format!("{name} DER as a byte list"),
@@ -89,7 +98,9 @@ fn pem_needles(name: &str, pem: &str) -> Vec<(String, String)> {
                 .join(", "),
         ),
     ];
-    for (i, l) in body.iter().enumerate().skip(1) {
+    // Every full line of a certificate; the second half of a key's.
+    let first = if private { body.len() / 2 } else { 1 };
+    for (i, l) in body.iter().enumerate().skip(first) {
         if l.len() >= 40 {
             v.push((format!("{name} PEM line {}", i + 1), l.to_string()));
         }
@@ -228,9 +239,9 @@ fn no_key_token_or_certificate_in_logs_or_artifacts() {
     std::fs::write(dir.join("stuck.yaml"), STUCK).unwrap();
 
     let mut needles = Vec::new();
-    needles.extend(pem_needles("client key", &key));
-    needles.extend(pem_needles("client certificate", &crt));
-    needles.extend(pem_needles("CA certificate", &ca));
+    needles.extend(pem_needles("client key", &key, true));
+    needles.extend(pem_needles("client certificate", &crt, false));
+    needles.extend(pem_needles("CA certificate", &ca, false));
     let sig = token.rsplit('.').next().unwrap();
     needles.push(("token".into(), token.clone()));
     needles.push((
