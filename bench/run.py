@@ -1,29 +1,33 @@
 #!/usr/bin/env python3
 """`just bench`: bookinfo-up (side A) against the seed's kubectl sequence (side B).
 
-One kwok cluster from the testbed, created by `bookinfo-up plans/sim.toml` (so the three Istio
+A kwok cluster from the testbed, created by `bookinfo-up plans/sim.toml` (so the three Istio
 Helm releases are installed once, timed for neither side). Then:
 
-  sim no-op  the full sim plan again over its own converged cluster, Helm steps included
-  cold       the Bookinfo/addon objects absent (deleted between runs, untimed), until all ready
-  no-op      everything already applied by the side under test
-  drift      one Deployment's image and the ingress Service's ports changed by hand, until
-             restored and rolled out
+  sim no-op         the full sim plan again over its own converged cluster, Helm steps included
+  cold              the Bookinfo and addon objects absent (deleted between runs, untimed), until
+                    every Deployment is rolled out
+  no-op             everything already applied by the side under test
+  drift             one Deployment's image and the ingress Service's ports changed by hand,
+                    until restored and rolled out
+  cold-unthrottled  cold again, on a second cluster whose controller-manager is not
+                    rate-limited (the default limit is the floor of the cold figures)
 
 A is `bookinfo-up plans/bench/seed-steps.toml --kubeconfig <cluster>`; B is
-`bench/baseline.sh` (kubectl). Runs alternate A, B, A, B, ...; each timed section is one
-process, measured from spawn to exit. For every timed run the harness also records:
+`bench/baseline.sh` (kubectl). Runs alternate A, B, A, B, ...; each timed run is one process,
+from fork to exit. For every timed run the harness also records:
 
   API requests   client-side: bookinfo-up's kube-client trace lines (BOOKINFO_UP_LOG) and
                  kubectl's -v=6 "Response" lines; server-side: the change of the sum of
-                 apiserver_request_total (/metrics) over the run, which includes every client
-                 (controllers, kwok, helm) and not the harness's own two reads
-  peak RSS       getrusage of the child (wait4); for the sim plan, whose children (helm,
-                 kwokctl) would dominate that figure, bookinfo-up's own VmHWM, sampled
-  readiness      a list+watch of Deployments started before the run stamps (sub-second, host
-  latency        clock) when each became rolled out; latency = the tool's rollout step
-                 finishing (A: its JSON log line; B: the script's exit, rollout status being
-                 its last command) minus the moment the last Deployment became rolled out
+                 apiserver_request_total over the run (resource requests of every client:
+                 controllers, kwok, helm; discovery and OpenAPI are not counted there)
+  peak RSS       getrusage of the process (wait4, from a small wrapper); for the sim plan,
+                 whose helm and kwokctl children would dominate that, its own VmHWM, sampled
+  readiness      a list+watch of Deployments, started before the run, stamps (host clock,
+  latency        sub-second) when the last one was submitted and when it was rolled out; the
+                 latency runs from then (or from the start of the rollout step, if later) to
+                 the end of the tool's rollout step (A: its JSON log; B: the script's
+                 `kubectl rollout status` commands)
 
 Results go to bench/results.md and bench/results.json. Needs the testbed environment
 (`eval "$(bash testbed/env.sh)"`) and `cargo build --release`; Python 3.11+ standard library
@@ -299,7 +303,7 @@ class ReadyWatch:
 
 # Spawns the measured process from a small interpreter, not from this one: a child forked from
 # a large process starts with that process's resident set, and getrusage's peak would count it.
-# From here the floor is about 5 MB. Wall time is taken around fork and wait4, so the
+# From here the floor is about 7 MB. Wall time is taken around fork and wait4, so the
 # interpreter's own start-up is not in it. With `sample` set, the child's own VmHWM is also read
 # every 20 ms (for the sim plan, whose helm and kwokctl children dominate getrusage's figure).
 WRAPPER = r"""
@@ -889,6 +893,7 @@ def summarize(results: dict) -> dict:
             "maxrss_with_children": max(r["maxrss_mb"] for r in sim),
             "apiserver": median([r["apiserver"]["total"] for r in sim]),
             "engine_requests": median([r["requests"] for r in sim]),
+            "engine_non_resource": median([r["non_resource"] for r in sim]),
             "provider_phase": median([r["first_step_started"] - r["t_start"] for r in sim
                                       if r["first_step_started"]]),
             "steps_phase": median([r["t_end"] - r["first_step_started"] for r in sim
@@ -902,6 +907,7 @@ def summarize(results: dict) -> dict:
     cold_sim = [r for r in runs if r["scenario"] == "sim-cold"]
     if cold_sim:
         s["sim_cold"] = cold_sim[0]["seconds"]
+        s["sim_cold_hwm"] = cold_sim[0]["hwm_mb"]
     rss = [r["maxrss_mb"] for r in runs if r["side"] == "A" and r["scenario"] in SCENARIOS]
     rss += [r["hwm_mb"] for r in runs if r["scenario"] in ("sim-noop", "sim-cold") and r["hwm_mb"]]
     s["rss_max"] = max(rss) if rss else None
@@ -1047,8 +1053,9 @@ def markdown(results: dict, s: dict) -> str:
         L.append(f"- Each step, median elapsed in s: {steps}.")
         L.append(f"- bookinfo-up's own peak RSS (VmHWM): {x['hwm_max']:.1f} MB; with its helm and "
                  f"kwokctl children: {x['maxrss_with_children']:.1f} MB. API requests: "
-                 f"{x['engine_requests']:.0f} from bookinfo-up, {x['apiserver']:.0f} at the "
-                 "apiserver (helm's and the cluster's own included).")
+                 f"{x['engine_requests']:.0f} from bookinfo-up ({x['engine_non_resource']:.0f} of "
+                 f"them discovery), {x['apiserver']:.0f} resource requests at the apiserver "
+                 "(helm's and the cluster's own included).")
         if x["not_noop"]:
             L.append(f"- **Not a no-op**: changed {x['not_noop']}.")
         L.append("")
@@ -1060,6 +1067,8 @@ def markdown(results: dict, s: dict) -> str:
                      f"(getrusage; kubectl's largest process on side B: {s[k]['b_rss_max']:.1f} MB)")
     if "sim" in s:
         L.append(f"- sim plan no-op: max {s['sim']['hwm_max']:.1f} MB (VmHWM, sampled every 20 ms)")
+    if s.get("sim_cold_hwm"):
+        L.append(f"- sim plan cold, creating the cluster: {s['sim_cold_hwm']:.1f} MB (VmHWM)")
     L.append("")
     L.append("Every run's raw figures: [results.json](results.json).")
     return "\n".join(L) + "\n"
@@ -1091,7 +1100,18 @@ def main():
     p.add_argument("--work", help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the cluster and the work folder")
     p.add_argument("--results", default=str(ROOT / "bench/results.md"))
+    p.add_argument("--report-only", action="store_true",
+                   help="write the .md again from the .json next to it, without running")
     args = p.parse_args()
+    out = Path(args.results)
+
+    if args.report_only:
+        results = json.loads(out.with_suffix(".json").read_text())
+        results["summary"] = s = summarize(results)
+        out.write_text(markdown(results, s))
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        print_summary(s)
+        return
 
     for tool in ("kubectl", "kwokctl", "helm"):
         if shutil.which(tool) is None:
@@ -1135,7 +1155,6 @@ def main():
                    sim_runs=args.sim_runs, bench_seconds=time.time() - started)
     s = summarize(results)
     results["summary"] = s
-    out = Path(args.results)
     out.write_text(markdown(results, s))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     log(f"wrote {out} and {out.with_suffix('.json')}")

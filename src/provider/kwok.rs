@@ -153,7 +153,21 @@ pub async fn ensure(
     let kubeconfig = dir.join("kubeconfig");
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
-        // Started again after a reboot or a kill: `start` is a no-op on a running cluster.
+        if answers(&kubeconfig).await {
+            let kube = Kube::connect(&kubeconfig, None).await?;
+            let log = dir
+                .join("kwok/clusters")
+                .join(spec.name)
+                .join("logs/kwok-controller.log");
+            ensure_nodes(&kube, spec.nodes, &log).await?;
+            return Ok(Access {
+                kubeconfig,
+                context: None,
+                managed: true,
+            });
+        }
+        // Stopped (a reboot, a killed component): `kwokctl start` brings it back.
+        progress(format!("starting kwok cluster `{}`", spec.name));
         let out = kwokctl(dir)
             .args(["start", "cluster", "--name", spec.name, "--wait", "120s"])
             .run(cancel)
@@ -213,6 +227,24 @@ pub async fn ensure(
         context: None,
         managed: true,
     })
+}
+
+/// Whether the API server of a kubeconfig answers within 2 s.
+async fn answers(kubeconfig: &Path) -> bool {
+    if !kubeconfig.is_file() {
+        return false;
+    }
+    let Ok(kube) = Kube::connect(kubeconfig, None).await else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            kube.client.apiserver_version()
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// Fake nodes that kwok manages, without taints so every pod can be scheduled.

@@ -24,7 +24,18 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     let desired_values = desired_values(h)?;
     let (chart_name, chart_version) = chart_identity(h)?;
     ctx.progress(format!("reading release {}/{}", h.namespace, h.release));
-    let deployed = observe(h, ctx).await?;
+    let mut deployed = observe(h, ctx).await?;
+    let mut recovered = String::new();
+    if let Some(d) = &deployed
+        && d.status.starts_with("pending-")
+    {
+        let revision = drop_pending_revision(h, ctx).await?;
+        recovered = format!(
+            "; revision {revision}, left {} by an interrupted helm, removed first",
+            d.status
+        );
+        deployed = observe(h, ctx).await?;
+    }
     if let Some(d) = &deployed
         && d.status == "deployed"
         && d.chart == chart_name
@@ -125,7 +136,68 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
         ),
         None => format!("installed {} ({chart_name} {chart_version})", h.release),
     };
-    Ok(Outcome::Changed { summary: what })
+    Ok(Outcome::Changed {
+        summary: format!("{what}{recovered}"),
+    })
+}
+
+/// Removes the latest revision of a release stuck `pending-install`, `pending-upgrade` or
+/// `pending-rollback`, and returns its number.
+///
+/// A helm killed mid-operation (the run cancelled while helm could not record the failure,
+/// the machine lost) leaves the release pending, and every later `helm upgrade` then fails
+/// with "another operation (install/upgrade/rollback) is in progress", run after run. The
+/// plan owns the release: its pending revision's record (a Secret, or a ConfigMap under
+/// `HELM_DRIVER=configmap`, `sh.helm.release.v1.<release>.v<revision>`) is deleted, so that
+/// the upgrade starts from the last settled revision, or installs afresh and adopts what the
+/// interrupted install created.
+async fn drop_pending_revision(h: &Helm, ctx: &StepCtx) -> StepResult<String> {
+    let kube = ctx.kube()?;
+    let release = releases_in(h, ctx)
+        .await?
+        .into_iter()
+        .find(|r| r["name"] == h.release.as_str())
+        .ok_or_else(|| StepError::transient(format!("release {} vanished", h.release)))?;
+    let revision = match &release["revision"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let name = format!("sh.helm.release.v1.{}.v{revision}", h.release);
+    ctx.progress(format!(
+        "release {} is {}: removing revision {revision}",
+        h.release,
+        release["status"].as_str().unwrap_or("pending")
+    ));
+    let dp = kube::api::DeleteParams::default();
+    let deleted = match std::env::var("HELM_DRIVER").as_deref() {
+        Ok("configmap" | "configmaps") => {
+            kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+                kube.client.clone(),
+                &h.namespace,
+            )
+            .delete(&name, &dp)
+            .await
+            .map(|_| ())
+        }
+        _ => kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+            kube.client.clone(),
+            &h.namespace,
+        )
+        .delete(&name, &dp)
+        .await
+        .map(|_| ()),
+    };
+    match deleted {
+        Ok(()) => Ok(revision),
+        Err(e) if crate::kube::is_not_found(&e) => Ok(revision),
+        Err(e) => Err(crate::kube::api_error(
+            format!(
+                "cannot remove the pending revision {name} of release {}",
+                h.release
+            ),
+            e,
+        )),
+    }
 }
 
 pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
@@ -207,7 +279,88 @@ fn helm(kube: &crate::kube::Kube) -> Tool {
 }
 
 /// The deployed release, or `None` when there is none.
+///
+/// Read from Helm's own storage (Secrets labelled `owner=helm`, the default driver) through
+/// the API: one request instead of two helm processes. Other storage drivers go through
+/// the helm CLI.
 async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
+    let driver = std::env::var("HELM_DRIVER").unwrap_or_default();
+    if !(driver.is_empty() || driver.starts_with("secret")) {
+        return observe_cli(h, ctx).await;
+    }
+    use k8s_openapi::api::core::v1::Secret;
+    let kube = ctx.kube()?;
+    let api: kube::Api<Secret> = kube::Api::namespaced(kube.client.clone(), &h.namespace);
+    let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release));
+    let secrets = api.list(&params).await.map_err(StepError::from)?;
+    let latest = secrets.items.into_iter().max_by_key(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("version"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    let Some(secret) = latest else {
+        return Ok(None);
+    };
+    let Some(data) = secret.data.as_ref().and_then(|d| d.get("release")) else {
+        return observe_cli(h, ctx).await;
+    };
+    let release = decode_release(&data.0).map_err(|e| {
+        StepError::fatal(format!(
+            "cannot read helm's record of release {}: {e}",
+            h.release
+        ))
+    })?;
+    Ok(Some(deployed_from_record(&release)))
+}
+
+/// Helm stores a release as base64 of gzip of JSON (inside the Secret's own encoding).
+pub fn decode_release(bytes: &[u8]) -> Result<Value, String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(bytes)
+        .map_err(|e| e.to_string())?;
+    let json = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        out
+    } else {
+        raw
+    };
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
+}
+
+/// What `helm list` and `helm get values` report, from a decoded release record.
+pub fn deployed_from_record(release: &Value) -> Deployed {
+    let config = &release["config"];
+    Deployed {
+        status: release["info"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        chart: release["chart"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        version: release["chart"]["metadata"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        values: if config.is_null() {
+            Value::Object(Default::default())
+        } else {
+            config.clone()
+        },
+    }
+}
+
+/// The deployed release through the helm CLI (`helm list`, `helm get values`).
+async fn observe_cli(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
     let kube = ctx.kube()?;
     // `helm list` carries the chart as `name-version`; `helm status -o json` does not.
     let Some(release) = releases_in(h, ctx)
@@ -352,5 +505,28 @@ mod tests {
         let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
         merge(&mut base, json!({"a": {"c": [3], "e": true}}));
         assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": true}, "d": 1}));
+    }
+
+    #[test]
+    fn decodes_helm_release_records() {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let record = json!({
+            "name": "istiod",
+            "info": {"status": "deployed"},
+            "chart": {"metadata": {"name": "istiod", "version": "1.30.4"}},
+            "config": {"pilot": {"autoscaleEnabled": false}},
+            "version": 2
+        });
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(record.to_string().as_bytes()).unwrap();
+        let stored = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let d = deployed_from_record(&decode_release(stored.as_bytes()).unwrap());
+        assert_eq!(d.status, "deployed");
+        assert_eq!((d.chart.as_str(), d.version.as_str()), ("istiod", "1.30.4"));
+        assert_eq!(d.values, json!({"pilot": {"autoscaleEnabled": false}}));
+        let no_values = json!({"info": {"status": "failed"}, "chart": {"metadata": {"name": "c", "version": "1"}}, "config": null});
+        assert_eq!(deployed_from_record(&no_values).values, json!({}));
+        assert!(decode_release(b"not base64!").is_err());
     }
 }

@@ -31,8 +31,14 @@
 //! and every port's `nodePort` except those the plan pins (the `*_node_port` variables of
 //! plans/shared/bookinfo-flow.toml: 30666 and 32667); the chart's ports get node ports the
 //! API server picks at random. From Helm releases: the revision and the update time. Empty
-//! label and annotation maps, and maps left empty by these removals, are removed too. Everything else (spec, data, labels, annotations,
-//! the pinned node ports) must be identical.
+//! label and annotation maps, and maps left empty by these removals, are removed too.
+//!
+//! Everything else (spec, data, labels, annotations, the pinned node ports) must be
+//! identical, except in Istio's validating webhook
+//! configuration (`istio-validator-*`): each webhook's `failurePolicy` and `caBundle` belong to
+//! istiod's webhook controller, which sets them at run time; the istiod chart writes
+//! `failurePolicy: Ignore` on install and nothing on upgrade (which the API server defaults to
+//! `Fail`), so a release upgraded once (say after an interrupted install) differs there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -284,6 +290,20 @@ pub fn normalise(mut o: Value, pinned_node_ports: &BTreeSet<i64>) -> Value {
         .and_then(Value::as_object_mut)
     {
         remove_keys(tmeta, "annotations", &["kubectl.kubernetes.io/restartedAt"]);
+    }
+    if o["kind"] == "ValidatingWebhookConfiguration"
+        && o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("istio-validator"))
+    {
+        for w in o["webhooks"].as_array_mut().into_iter().flatten() {
+            if let Some(w) = w.as_object_mut() {
+                w.remove("failurePolicy");
+            }
+            if let Some(c) = w.get_mut("clientConfig").and_then(Value::as_object_mut) {
+                c.remove("caBundle");
+            }
+        }
     }
     if o["kind"] == "Service"
         && let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut)

@@ -1,4 +1,4 @@
-//! 1. Fault injection: the kube-apiserver is SIGKILLed at five points of a cold
+//! Issue #6, item 1. Fault injection: the kube-apiserver is SIGKILLed at five points of a cold
 //! `bookinfo-up plans/sim.toml` (during an apply, a wait, a patch, a helm step and a check) and
 //! started again `BOOKINFO_UP_FAULT_DOWN_SECS` (default 3) seconds later. The run either
 //! completes through retries or fails with a message naming the step and the cause; no process

@@ -1,4 +1,4 @@
-//! 7. The plan loader (parser and analyzer, with the diagnostics it renders and the dry run of
+//! Issue #6, item 7. The plan loader (parser and analyzer, with the diagnostics it renders and the dry run of
 //! what it accepts) never panics, whatever the input: proptest feeds it arbitrary bytes and
 //! text, and structured mutations of the real plans, their includes, vars file and manifests
 //! (lines deleted, duplicated, swapped, replaced by lines of other files; tokens, text and

@@ -1,4 +1,4 @@
-//! 3. Idempotence: three consecutive `up` runs on one cluster give identical dumps (and the
+//! Issue #6, item 3. Idempotence: three consecutive `up` runs on one cluster give identical dumps (and the
 //! same dump as the reference run on another cluster); runs 2 and 3 report zero changes.
 
 use crate::dump::{Dump, assert_same};

@@ -1,4 +1,4 @@
-//! 2. Interruption: SIGINT at 10 pseudo-random instants of a cold `bookinfo-up plans/sim.toml`
+//! Issue #6, item 2. Interruption: SIGINT at 10 pseudo-random instants of a cold `bookinfo-up plans/sim.toml`
 //! (seed `BOOKINFO_UP_SIGINT_SEED`, default 6; instants uniform over the first 85% of the
 //! reference run's duration, so cluster creation, the downloads and every wave get hit). Each
 //! run exits 130 within 2 s of the signal and leaves no process behind; the next run converges

@@ -1,4 +1,4 @@
-//! 6. Remote manifests, served over HTTP by the test: a tampered file (sha256 mismatch) is
+//! Issue #6, item 6. Remote manifests, served over HTTP by the test: a tampered file (sha256 mismatch) is
 //! refused before anything of its step is applied; with a warm cache an unreachable URL still
 //! works; with a cold cache it fails naming the URL and the cause; a tampered cache entry is
 //! never used.

@@ -1,4 +1,4 @@
-//! 4. Safety of `bookinfo-down`:
+//! Issue #6, item 4. Safety of `bookinfo-down`:
 //! - against a cluster the plan did not create (a kwok cluster made by hand, given as
 //!   `existing` through `--kubeconfig`) holding objects of its own, some where the plan puts
 //!   its own (a namespace `bookinfo` that already exists, a ServiceAccount of the same name as

@@ -1,4 +1,4 @@
-//! 5. Secrets: at the most verbose level (`-vv` with `BOOKINFO_UP_LOG=trace`), in the JSON
+//! Issue #6, item 5. Secrets: at the most verbose level (`-vv` with `BOOKINFO_UP_LOG=trace`), in the JSON
 //! summary, the JUnit report and the failure artifacts (`--artifacts DIR` after a forced
 //! failure), no client key, token or certificate of the kubeconfig appears.
 //!
