@@ -412,17 +412,28 @@ fn cluster_state(cluster: &KwokCluster) -> Vec<String> {
 fn bad_plans_leave_a_live_cluster_untouched() {
     let Some(tb) = testbed() else { return };
     let cluster = KwokCluster::create(&tb, "bookinfo-up-bad-plans");
-    // A new cluster's controllers still create objects (the root CA ConfigMap of each
-    // namespace) for a moment: wait until two looks a second apart agree.
+    // A new cluster's controllers still create objects for a while (the root CA ConfigMap
+    // of each namespace, late when the machine is busy): wait until every namespace has
+    // its root CA ConfigMap and two looks a second apart agree.
+    let settled = |state: &[String]| {
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+            .iter()
+            .all(|ns| {
+                state
+                    .iter()
+                    .any(|l| l.starts_with(&format!("ConfigMap {ns}/kube-root-ca.crt ")))
+            })
+    };
     let mut before = cluster_state(&cluster);
-    for _ in 0..30 {
+    for _ in 0..120 {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let now = cluster_state(&cluster);
-        if now == before {
+        if now == before && settled(&now) {
             break;
         }
         before = now;
     }
+    assert!(settled(&before), "the cluster did not settle: {before:?}");
     assert!(
         before.iter().any(|l| l.starts_with("Namespace /default ")),
         "the state lists the cluster's objects: {before:?}"
