@@ -38,7 +38,7 @@ ci: lint test
 
 # The seed's flow on a simulated kwok cluster (needs `just testbed`); prints its time
 sim: build
-    {{testbed_env}}; start=$(date +%s.%N); target/release/bookinfo-up plans/sim.toml; echo "sim took $(echo "$(date +%s.%N) - $start" | bc) s"
+    {{testbed_env}}; start=$(date +%s.%N); target/release/bookinfo-up plans/sim.toml; printf "sim took %.2f s\n" "$(echo "$(date +%s.%N) - $start" | bc)"
 
 # Take the simulated cluster down
 sim-down: build
