@@ -31,7 +31,7 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     {
         let revision = drop_pending_revision(h, ctx).await?;
         recovered = format!(
-            "; revision {revision}, left {} by an interrupted helm, removed first",
+            "; revision {revision}, left {} by an interrupted helm, cleared first",
             d.status
         );
         deployed = observe(h, ctx).await?;
@@ -141,16 +141,18 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     })
 }
 
-/// Removes the latest revision of a release stuck `pending-install`, `pending-upgrade` or
-/// `pending-rollback`, and returns its number.
+/// Clears a release stuck `pending-install`, `pending-upgrade` or `pending-rollback`;
+/// returns the number of the pending revision.
 ///
 /// A helm killed mid-operation (the run cancelled while helm could not record the failure,
 /// the machine lost) leaves the release pending, and every later `helm upgrade` then fails
 /// with "another operation (install/upgrade/rollback) is in progress", run after run. The
-/// plan owns the release: its pending revision's record (a Secret, or a ConfigMap under
-/// `HELM_DRIVER=configmap`, `sh.helm.release.v1.<release>.v<revision>`) is deleted, so that
-/// the upgrade starts from the last settled revision, or installs afresh and adopts what the
-/// interrupted install created.
+/// plan owns the release. A pending first install is uninstalled, so that the install that
+/// follows starts from nothing (helm's adoption of what the interrupted install created would
+/// keep fields the chart no longer sets). A pending upgrade or rollback loses its revision's
+/// record (a Secret, or a ConfigMap under `HELM_DRIVER=configmap`,
+/// `sh.helm.release.v1.<release>.v<revision>`), so that the upgrade starts from the last
+/// settled revision.
 async fn drop_pending_revision(h: &Helm, ctx: &StepCtx) -> StepResult<String> {
     let kube = ctx.kube()?;
     let release = releases_in(h, ctx)
@@ -162,6 +164,33 @@ async fn drop_pending_revision(h: &Helm, ctx: &StepCtx) -> StepResult<String> {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    if release["status"] == "pending-install" {
+        ctx.progress(format!(
+            "release {} is pending-install: uninstalling it first",
+            h.release
+        ));
+        let out = helm(kube)
+            .args([
+                "uninstall",
+                &h.release,
+                "--namespace",
+                &h.namespace,
+                "--wait",
+                "--timeout",
+                "5m",
+            ])
+            .run(&ctx.cancel)
+            .await
+            .map_err(tool_error)?;
+        if !out.success && !out.stderr.contains("not found") {
+            return Err(StepError::transient(format!(
+                "helm uninstall {} (pending-install) failed:\n{}",
+                h.release,
+                out.tail(10)
+            )));
+        }
+        return Ok(revision);
+    }
     let name = format!("sh.helm.release.v1.{}.v{revision}", h.release);
     ctx.progress(format!(
         "release {} is {}: removing revision {revision}",
