@@ -266,6 +266,8 @@ fn spawn_signal_handler(cancel: CancellationToken) {
                 _ = term_recv => {}
             }
             if signalled {
+                // No waiting: kill every tool's process group and go.
+                crate::process::kill_all();
                 std::process::exit(EXIT_CANCELLED);
             }
             signalled = true;

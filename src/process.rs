@@ -142,6 +142,7 @@ impl Tool {
         let pids = handle.pids();
         // Killed with its group if this future is dropped (a step timeout) before it ends.
         let mut guard = GroupGuard(Some(pids.clone()));
+        register(&pids, true);
         let waiter = {
             let handle = handle.clone();
             tokio::task::spawn_blocking(move || handle.wait().cloned())
@@ -149,6 +150,7 @@ impl Tool {
         tokio::select! {
             output = waiter => {
                 guard.0 = None;
+                register(&pids, false);
                 let output = output
                     .map_err(|e| ToolError::Spawn { program: self.program.clone(), source: std::io::Error::other(e) })?
                     .map_err(|e| ToolError::Spawn { program: self.program.clone(), source: e })?;
@@ -162,6 +164,7 @@ impl Tool {
             _ = cancel.cancelled() => {
                 guard.0 = None;
                 kill_groups(&pids).await;
+                register(&pids, false);
                 let _ = handle.kill();
                 Err(ToolError::Cancelled { program: self.program.clone() })
             }
@@ -169,15 +172,41 @@ impl Tool {
     }
 }
 
-/// Kills the process groups it holds when dropped while still armed.
+/// Kills the process groups it holds when dropped while still armed; forgets them in any
+/// case.
 struct GroupGuard(Option<Vec<u32>>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        for pid in self.0.take().unwrap_or_default() {
-            // SAFETY: kill(2) on a process group this module started; no memory is shared.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        if let Some(pids) = self.0.take() {
+            for &pid in &pids {
+                // SAFETY: kill(2) on a process group this module started; no memory is shared.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            register(&pids, false);
         }
+    }
+}
+
+/// Process groups of tools still running, for `kill_all` on an immediate exit.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn register(pids: &[u32], running: bool) {
+    let mut set = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if running {
+        set.extend_from_slice(pids);
+    } else {
+        set.retain(|p| !pids.contains(p));
+    }
+}
+
+/// SIGKILLs the process group of every tool still running. For an exit that cannot wait
+/// for cancellation to finish (a second Ctrl-C).
+pub fn kill_all() {
+    let set = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for &pid in set.iter() {
+        // SAFETY: kill(2) on process groups this module started.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
     }
 }
 

@@ -169,24 +169,10 @@ async fn drop_pending_revision(h: &Helm, ctx: &StepCtx) -> StepResult<String> {
             "release {} is pending-install: uninstalling it first",
             h.release
         ));
-        let out = helm(kube)
-            .args([
-                "uninstall",
-                &h.release,
-                "--namespace",
-                &h.namespace,
-                "--wait",
-                "--timeout",
-                "5m",
-            ])
-            .run(&ctx.cancel)
-            .await
-            .map_err(tool_error)?;
-        if !out.success && !out.stderr.contains("not found") {
+        if let Err(tail) = uninstall(h, ctx, "5m").await? {
             return Err(StepError::transient(format!(
-                "helm uninstall {} (pending-install) failed:\n{}",
-                h.release,
-                out.tail(10)
+                "helm uninstall {} (pending-install) failed:\n{tail}",
+                h.release
             )));
         }
         return Ok(revision);
@@ -230,31 +216,16 @@ async fn drop_pending_revision(h: &Helm, ctx: &StepCtx) -> StepResult<String> {
 }
 
 pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
-    let kube = ctx.kube()?;
     if observe(h, ctx).await?.is_none() {
         return Ok(Outcome::Unchanged {
             summary: format!("release {} is not installed", h.release),
         });
     }
     ctx.progress(format!("uninstalling {}", h.release));
-    let out = helm(kube)
-        .args([
-            "uninstall",
-            &h.release,
-            "--namespace",
-            &h.namespace,
-            "--wait",
-            "--timeout",
-            "10m",
-        ])
-        .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
-    if !out.success && !out.stderr.contains("not found") {
+    if let Err(tail) = uninstall(h, ctx, "10m").await? {
         return Err(StepError::fatal(format!(
-            "helm uninstall {} failed:\n{}",
-            h.release,
-            out.tail(10)
+            "helm uninstall {} failed:\n{tail}",
+            h.release
         )));
     }
     let mut summary = format!("uninstalled {}", h.release);
@@ -266,6 +237,29 @@ pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
         }
     }
     Ok(Outcome::Changed { summary })
+}
+
+/// `helm uninstall --wait`; an absent release counts as uninstalled. `Err` holds helm's last
+/// lines when it failed.
+async fn uninstall(h: &Helm, ctx: &StepCtx, timeout: &str) -> StepResult<Result<(), String>> {
+    let out = helm(ctx.kube()?)
+        .args([
+            "uninstall",
+            &h.release,
+            "--namespace",
+            &h.namespace,
+            "--wait",
+            "--timeout",
+            timeout,
+        ])
+        .run(&ctx.cancel)
+        .await
+        .map_err(tool_error)?;
+    Ok(if out.success || out.stderr.contains("not found") {
+        Ok(())
+    } else {
+        Err(out.tail(10))
+    })
 }
 
 fn namespace_of(h: &Helm) -> crate::plan::model::Namespace {
