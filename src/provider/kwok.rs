@@ -154,17 +154,7 @@ pub async fn ensure(
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
         if answers(&kubeconfig).await {
-            let kube = Kube::connect(&kubeconfig, None).await?;
-            let log = dir
-                .join("kwok/clusters")
-                .join(spec.name)
-                .join("logs/kwok-controller.log");
-            ensure_nodes(&kube, spec.nodes, &log).await?;
-            return Ok(Access {
-                kubeconfig,
-                context: None,
-                managed: true,
-            });
+            return ready(spec, dir, kubeconfig).await;
         }
         // Stopped (a reboot, a killed component): `kwokctl start` brings it back.
         progress(format!("starting kwok cluster `{}`", spec.name));
@@ -216,6 +206,11 @@ pub async fn ensure(
             message: format!("cannot write `{}`: {e}", kubeconfig.display()),
         })?;
     }
+    ready(spec, dir, kubeconfig).await
+}
+
+/// The cluster's nodes, made and Ready, and how to reach it.
+async fn ready(spec: &Spec<'_>, dir: &Path, kubeconfig: PathBuf) -> Result<Access, ProviderError> {
     let kube = Kube::connect(&kubeconfig, None).await?;
     let log = dir
         .join("kwok/clusters")
@@ -371,9 +366,4 @@ fn tool(e: ToolError) -> ProviderError {
             message: other.to_string(),
         },
     }
-}
-
-/// The kubeconfig path of a kwok cluster in a state folder.
-pub fn kubeconfig_path(dir: &Path) -> PathBuf {
-    dir.join("kubeconfig")
 }
