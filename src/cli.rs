@@ -344,6 +344,11 @@ async fn up(args: UpArgs) -> i32 {
         provider::preflight(&plan, &o, &cancel)
             .await
             .map_err(|e| phase_failure("preflight", preflight_message(&e)))?;
+        // Remote manifests are fetched and checked against their pins before any cluster is
+        // created or touched: a tampered file stops the run with nothing changed.
+        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
+            .await
+            .map_err(|e| phase_failure("fetch", e))?;
         let progress = |m: String| phase("cluster", m);
         let access = provider::ensure(&plan, &o, &progress, &cancel)
             .await
@@ -379,9 +384,6 @@ async fn up(args: UpArgs) -> i32 {
                 format!("kubeconfig copied to {}", target.display()),
             );
         }
-        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
-            .await
-            .map_err(|e| phase_failure("fetch", e))?;
         Ok(Arc::new(kube))
     }
     .await;
