@@ -4,20 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let state = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        if text.contains(needle) && !state.contains("State:\tZ") {
-            found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
-        }
-    }
-    found
-}
+use crate::common::processes_mentioning;
 
 #[test]
 fn sigint_stops_the_run_and_its_children() {
@@ -70,7 +57,7 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
     }
     // The shell and its two sleeps.
     assert_eq!(
-        processes_with(&tag).len(),
+        processes_mentioning(&tag).len(),
         3,
         "the shell and both children run"
     );
@@ -98,7 +85,7 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
         "the summary says the run was cancelled:\n{stderr}"
     );
     guard.0 = None;
-    let left = processes_with(&tag);
+    let left = processes_mentioning(&tag);
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::testbed;
+use crate::common::{processes_mentioning, testbed};
 
 const SEED_STEPS: &[&str] = &[
     "istio-base",
@@ -85,18 +85,6 @@ fn kubectl(kubeconfig: &Path, path_env: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn live_processes(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(needle) && !status.contains("State:\tZ")
-        })
-        .count()
 }
 
 #[test]
@@ -264,35 +252,31 @@ fn sim_plan_converges_then_goes_away() {
 
     let workdir = state.path().to_string_lossy().to_string();
     assert!(
-        live_processes(&workdir) > 0,
+        !processes_mentioning(&workdir).is_empty(),
         "the cluster's processes run from the state folder"
     );
-    let out = Command::new(down)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("plans/sim.toml")
-        .args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state.path())
-        .env("PATH", &path_env)
-        .output()
-        .unwrap();
+    let run_down = || {
+        Command::new(down)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("plans/sim.toml")
+            .args(["--log-format", "plain"])
+            .env("BOOKINFO_UP_STATE_DIR", state.path())
+            .env("PATH", &path_env)
+            .output()
+            .unwrap()
+    };
+    let out = run_down();
     assert!(
         out.status.success(),
         "down: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        live_processes(&workdir),
+        processes_mentioning(&workdir).len(),
         0,
         "no process of the cluster outlives down"
     );
-    let again = Command::new(down)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("plans/sim.toml")
-        .args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state.path())
-        .env("PATH", &path_env)
-        .output()
-        .unwrap();
+    let again = run_down();
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "down again: {text}");
     assert!(text.contains("already gone"), "{text}");
