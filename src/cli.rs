@@ -149,20 +149,25 @@ pub fn up_main() -> i32 {
         clap_complete::generate(shell, &mut cmd, "bookinfo-up", &mut std::io::stdout());
         return 0;
     }
-    runtime().block_on(up(args))
+    block_on(up(args))
 }
 
 /// Entry point of `bookinfo-down`; returns the exit code.
 pub fn down_main() -> i32 {
     let args = DownArgs::parse();
-    runtime().block_on(down(args))
+    block_on(down(args))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a command to its exit code. The exit does not wait on a blocking task that is still
+/// at work (a tool's reaper): it gets a short grace, then the process exits anyway.
+fn block_on(command: impl std::future::Future<Output = i32>) -> i32 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("a tokio runtime")
+        .expect("a tokio runtime");
+    let code = runtime.block_on(command);
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
 }
 
 /// Reads and analyzes the plan; prints every problem and returns `None` when there are any.
@@ -276,6 +281,35 @@ fn spawn_signal_handler(cancel: CancellationToken) {
     });
 }
 
+/// How `bookinfo-down` goes on once the cluster is known.
+enum Teardown {
+    /// Nothing is left to run (the cluster is gone, or was deleted whole).
+    Done(Vec<StepReport>),
+    /// The steps' teardown, in reverse, against this client.
+    Run(Arc<Plan>, Arc<Kube>),
+}
+
+const CANCELLED: &str = "the run was cancelled";
+
+/// How long the work before the runner gets, once the run is cancelled, to stop on its own
+/// (a tool gets SIGTERM and up to 0.8 s before SIGKILL) before it is dropped. Dropping it
+/// SIGKILLs the process group of any tool it still runs. Together with the report this stays
+/// well inside the 2 s a Ctrl-C may take.
+const CANCEL_GRACE: Duration = Duration::from_millis(1000);
+
+/// Runs `work` to its end, or, once `cancel` fires and the grace is over, gives up on it
+/// (`None`). Work that watches the token itself ends sooner and keeps its own outcome.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => Some(r),
+        _ = cancel.cancelled() => tokio::time::timeout(CANCEL_GRACE, work).await.ok(),
+    }
+}
+
 fn phase_failure(id: &str, message: String) -> StepReport {
     StepReport {
         id: id.into(),
@@ -336,7 +370,7 @@ async fn up(args: UpArgs) -> i32 {
         });
     };
 
-    let result = async {
+    let setup = async {
         phase(
             "preflight",
             "checking tools and the cluster's preconditions".into(),
@@ -385,8 +419,10 @@ async fn up(args: UpArgs) -> i32 {
             );
         }
         Ok(Arc::new(kube))
-    }
-    .await;
+    };
+    let result = unless_cancelled(&cancel, setup)
+        .await
+        .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
 
     let (steps, cancelled) = match result {
         Ok(kube) => {
@@ -550,7 +586,10 @@ async fn down(args: DownArgs) -> i32 {
         });
     };
 
-    let steps: Vec<StepReport> = async {
+    // What runs before the runner: the cluster's existence and owner, its deletion, the
+    // client and the remote manifests. Either it settles the whole teardown or it hands the
+    // plan and a client to the runner.
+    let setup = async {
         if managed {
             let exists = provider::exists(&plan, &o, &cancel)
                 .await
@@ -563,7 +602,7 @@ async fn down(args: DownArgs) -> i32 {
                         plan.cluster.name
                     ),
                 );
-                return Ok(vec![StepReport {
+                return Ok(Teardown::Done(vec![StepReport {
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,
@@ -572,7 +611,7 @@ async fn down(args: DownArgs) -> i32 {
                     },
                     elapsed: Duration::ZERO,
                     attempts: 1,
-                }]);
+                }]));
             }
             let access = provider::access_for_down(&plan, &o)
                 .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
@@ -593,7 +632,7 @@ async fn down(args: DownArgs) -> i32 {
                 let deleted = provider::delete(&plan, &o, &progress, &cancel)
                     .await
                     .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-                return Ok(vec![StepReport {
+                return Ok(Teardown::Done(vec![StepReport {
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,
@@ -612,7 +651,7 @@ async fn down(args: DownArgs) -> i32 {
                     },
                     elapsed: t.elapsed(),
                     attempts: 1,
-                }]);
+                }]));
             }
         }
         let access = provider::access_for_down(&plan, &o)
@@ -625,23 +664,30 @@ async fn down(args: DownArgs) -> i32 {
         fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
             .await
             .map_err(|e| vec![phase_failure("fetch", e)])?;
-        let plan = Arc::new(plan);
-        let runner = Runner::new(
-            plan,
-            Some(Arc::new(kube)),
-            run_options(c, &o, &[], &[], true),
-            tx.clone(),
-            cancel.clone(),
-        );
-        Ok(runner.run().await)
-    }
-    .await
-    .unwrap_or_else(|failure| {
-        for f in &failure {
-            let _ = tx.send(Event::StepFinished(f.clone()));
+        Ok(Teardown::Run(Arc::new(plan), Arc::new(kube)))
+    };
+    let steps = match unless_cancelled(&cancel, setup)
+        .await
+        .unwrap_or_else(|| Err(vec![phase_failure("cluster", CANCELLED.into())]))
+    {
+        Ok(Teardown::Done(steps)) => steps,
+        Ok(Teardown::Run(plan, kube)) => {
+            let runner = Runner::new(
+                plan,
+                Some(kube),
+                run_options(c, &o, &[], &[], true),
+                tx.clone(),
+                cancel.clone(),
+            );
+            runner.run().await
         }
-        failure
-    });
+        Err(failure) => {
+            for f in &failure {
+                let _ = tx.send(Event::StepFinished(f.clone()));
+            }
+            failure
+        }
+    };
     finish_run(
         &plan,
         "down",

@@ -163,9 +163,11 @@ impl Tool {
             }
             _ = cancel.cancelled() => {
                 guard.0 = None;
+                let t = std::time::Instant::now();
                 kill_groups(&pids).await;
                 register(&pids, false);
                 let _ = handle.kill();
+                tracing::debug!(command = %self.display(), elapsed = ?t.elapsed(), "stopped: the run was cancelled");
                 Err(ToolError::Cancelled { program: self.program.clone() })
             }
         }

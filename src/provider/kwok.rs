@@ -153,11 +153,21 @@ pub async fn ensure(
     let kubeconfig = dir.join("kubeconfig");
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
-        if answers(&kubeconfig).await {
-            return ready(spec, dir, kubeconfig).await;
+        let stopped = stopped_components(&dir.join("kwok/clusters").join(spec.name));
+        if stopped.is_empty() && answers(&kubeconfig).await {
+            return ready(spec, dir, kubeconfig, cancel).await;
         }
-        // Stopped (a reboot, a killed component): `kwokctl start` brings it back.
-        progress(format!("starting kwok cluster `{}`", spec.name));
+        // Stopped (a reboot, a killed component): `kwokctl start` brings back what is not
+        // running and leaves the rest alone.
+        if stopped.is_empty() {
+            progress(format!("starting kwok cluster `{}`", spec.name));
+        } else {
+            progress(format!(
+                "restarting stopped components of kwok cluster `{}`: {}",
+                spec.name,
+                stopped.join(", ")
+            ));
+        }
         let out = kwokctl(dir)
             .args(["start", "cluster", "--name", spec.name, "--wait", "120s"])
             .run(cancel)
@@ -206,22 +216,57 @@ pub async fn ensure(
             message: format!("cannot write `{}`: {e}", kubeconfig.display()),
         })?;
     }
-    ready(spec, dir, kubeconfig).await
+    ready(spec, dir, kubeconfig, cancel).await
 }
 
 /// The cluster's nodes, made and Ready, and how to reach it.
-async fn ready(spec: &Spec<'_>, dir: &Path, kubeconfig: PathBuf) -> Result<Access, ProviderError> {
-    let kube = Kube::connect(&kubeconfig, None).await?;
+/// Stops at once when the run is cancelled: nothing here runs a tool that needs a grace.
+async fn ready(
+    spec: &Spec<'_>,
+    dir: &Path,
+    kubeconfig: PathBuf,
+    cancel: &CancellationToken,
+) -> Result<Access, ProviderError> {
     let log = dir
         .join("kwok/clusters")
         .join(spec.name)
         .join("logs/kwok-controller.log");
-    ensure_nodes(&kube, spec.nodes, &log).await?;
+    let nodes = async {
+        let kube = Kube::connect(&kubeconfig, None).await?;
+        ensure_nodes(&kube, spec.nodes, &log).await
+    };
+    tokio::select! {
+        r = nodes => r?,
+        _ = cancel.cancelled() => return Err(ProviderError::Cancelled),
+    }
     Ok(Access {
         kubeconfig,
         context: None,
         managed: true,
     })
+}
+
+/// Components of a kwokctl binary-runtime cluster (by the pid files in its folder) whose
+/// process is gone, sorted. A cluster that was never started has no pid files: nothing here.
+fn stopped_components(cluster_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(cluster_dir.join("pids")) else {
+        return Vec::new();
+    };
+    let mut stopped: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let name = path.file_stem()?.to_string_lossy().into_owned();
+            let pid: i32 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+            // SAFETY: signal 0 only asks whether the process exists (EPERM: it does).
+            let alive = pid > 0
+                && (unsafe { libc::kill(pid, 0) } == 0
+                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+            (!alive).then_some(name)
+        })
+        .collect();
+    stopped.sort();
+    stopped
 }
 
 /// Whether the API server of a kubeconfig answers within 2 s.
@@ -365,5 +410,29 @@ fn tool(e: ToolError) -> ProviderError {
         other => ProviderError::Tool {
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_components_are_those_whose_process_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(stopped_components(dir.path()).is_empty(), "no pids folder");
+        let pids = dir.path().join("pids");
+        std::fs::create_dir(&pids).unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        std::fs::write(
+            pids.join("kube-apiserver.pid"),
+            std::process::id().to_string(),
+        )
+        .unwrap();
+        std::fs::write(pids.join("kwok-controller.pid"), gone_pid.to_string()).unwrap();
+        std::fs::write(pids.join("etcd.pid"), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(stopped_components(dir.path()), vec!["kwok-controller"]);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Rng, Sim, live_slot, signal, testbed};
+use crate::harness::{Rng, Run, Running, Sim, live_slot, signal, testbed};
 use crate::{assert_converged, reference};
 
 const RUNS: usize = 10;
@@ -31,7 +31,7 @@ fn sigint_at_ten_seeded_instants() {
         // instant; that instant then says nothing, so it is tried again earlier, on a fresh
         // cluster, a few times.
         let mut attempt = 0;
-        let (sim, mut run) = loop {
+        let (sim, run) = loop {
             let sim = Sim::new(&tb, &format!("sigint-{i}-{attempt}"));
             let mut run = sim.spawn_up(&[]);
             run.pump(
@@ -55,32 +55,14 @@ fn sigint_at_ten_seeded_instants() {
             at *= 0.6;
         };
         let during = run.last.clone();
-        let sent = Instant::now();
-        signal(run.pid(), libc::SIGINT);
-        while run.try_exit().is_none() && sent.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let took = sent.elapsed();
-        let r = run.finish(Duration::from_secs(60));
-        let strays = sim.strays_after(Duration::from_secs(1));
-        eprintln!(
-            "sigint {i}: at {at:.2}s, after `{}`: exit {} {} ms after the signal",
+        let what = format!(
+            "sigint {i}: at {at:.2}s, after `{}`",
             during
                 .split_once(" INFO ")
                 .map(|(_, l)| l)
-                .unwrap_or(&during),
-            r.code,
-            took.as_millis()
+                .unwrap_or(&during)
         );
-        assert_eq!(r.code, 130, "run {i} (SIGINT at {at:.2}s):\n{}", r.stderr);
-        assert!(
-            took < Duration::from_secs(2),
-            "run {i}: exit took {took:?} after SIGINT"
-        );
-        assert!(
-            strays.is_empty(),
-            "run {i}: processes left behind: {strays:#?}"
-        );
+        let (_, took) = interrupt(&sim, run, &what);
         worst = worst.max(took);
         let next = sim.up(&[]);
         let account = assert_converged(&sim, &next, &reference, &format!("run after SIGINT {i}"));
@@ -90,4 +72,102 @@ fn sigint_at_ten_seeded_instants() {
         "sigint: {RUNS} runs, slowest exit {} ms after SIGINT",
         worst.as_millis()
     );
+}
+
+/// A SIGINT while the cluster phase waits on the API server (here: for a node that cannot
+/// become Ready, the kwok controller being stopped) ends the run as fast as one during a
+/// step: the phase watches the token, so the wait does not run out its 60 s first. The next
+/// run starts the stopped controller again.
+#[test]
+#[ignore = "slow: `just reliability`"]
+fn sigint_while_the_cluster_phase_waits_for_nodes() {
+    let Some(tb) = testbed() else { return };
+    let _slot = live_slot();
+    let sim = Sim::new(&tb, "sigint-nodes");
+    sim.prepare();
+    let pid_file = sim.kwok_cluster_dir().join("pids/kwok-controller.pid");
+    let controller: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .expect("a pid");
+    signal(controller, libc::SIGKILL);
+    sim.kubectl_ok(&["delete", "node", "kwok-node-0", "--wait=true"]);
+
+    let mut run = sim.spawn_up(&[]);
+    run.wait_line(
+        |l| l.contains("kwok cluster `bookinfo-sim` exists"),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}; last line: {}", run.last));
+    // Long enough for the node to be made again and its wait to begin; far less than 60 s.
+    run.pump(Duration::from_millis(1500));
+    assert!(
+        run.try_exit().is_none(),
+        "the run ended without waiting for the node; last line: {}",
+        run.last
+    );
+    assert_eq!(
+        sim.kubectl_ok(&["get", "node", "kwok-node-0", "-o", "name"])
+            .trim(),
+        "node/kwok-node-0",
+        "the cluster phase made the node again"
+    );
+    let (r, _) = interrupt(&sim, run, "sigint while waiting for a node");
+    assert!(
+        r.stderr.contains("the run was cancelled"),
+        "the cluster phase should say it was cancelled:\n{}",
+        r.stderr
+    );
+
+    // The next run sees the stopped controller, has kwokctl start it, and gets its node.
+    sim.prepare();
+    let restarted: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        restarted, controller,
+        "the kwok controller was started again"
+    );
+    let ready = sim.kubectl_ok(&[
+        "get",
+        "node",
+        "kwok-node-0",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+    ]);
+    assert_eq!(ready, "True", "kwok-node-0 is Ready after the next run");
+    eprintln!(
+        "next run: kwok-controller restarted (pid {controller} -> {restarted}), kwok-node-0 Ready"
+    );
+}
+
+/// SIGINT to a running `up`: it must exit 130 within 2 s and leave no process of its own
+/// behind. Returns the run and how long the exit took.
+fn interrupt(sim: &Sim, mut run: Running, what: &str) -> (Run, Duration) {
+    let sent = Instant::now();
+    signal(run.pid(), libc::SIGINT);
+    while run.try_exit().is_none() && sent.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = sent.elapsed();
+    let r = run.finish(Duration::from_secs(60));
+    let strays = sim.strays_after(Duration::from_secs(1));
+    eprintln!(
+        "{what}: exit {} {} ms after the signal",
+        r.code,
+        took.as_millis()
+    );
+    assert_eq!(r.code, 130, "{what}:\n{}", r.stderr);
+    assert!(
+        took < Duration::from_secs(2),
+        "{what}: exit took {took:?} after SIGINT"
+    );
+    assert!(
+        strays.is_empty(),
+        "{what}: processes left behind: {strays:#?}"
+    );
+    (r, took)
 }

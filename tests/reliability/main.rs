@@ -6,7 +6,7 @@
 //! | module | acceptance item |
 //! |---|---|
 //! | `faults` | 1. the API server killed during an apply, a wait, a patch, a helm step, a check; helm killed mid-install |
-//! | `interrupt` | 2. SIGINT at 10 seeded instants: exit 130 within 2 s, then convergence |
+//! | `interrupt` | 2. SIGINT at 10 seeded instants: exit 130 within 2 s, then convergence; SIGINT while the cluster phase waits for a node |
 //! | `idempotence` | 3. three runs, identical dumps, runs 2 and 3 change nothing |
 //! | `safety` | 4. `down` on a cluster the plan did not create, another plan's cluster, twice |
 //! | `secrets` | 5. no kubeconfig key, token or certificate in -vv/trace logs or artifacts |
