@@ -1044,11 +1044,11 @@ def markdown(results: dict, s: dict) -> str:
                  f"{len(x['runs'])} runs: median **{x['median']:.3f} s** "
                  f"({', '.join(f'{t:.3f}' for t in x['runs'])}).\n")
         L.append(f"- Before the first step: {sec(x['provider_phase'], 3)} (the kwok provider: "
-                 "`kwokctl get clusters`, `kwokctl start cluster` on the running cluster, then "
-                 "the fetch of the pinned addons from the cache).")
+                 "`kwokctl get clusters`, one API call to see the server answer and the nodes "
+                 "Ready, then the fetch of the pinned addons from the cache).")
         L.append(f"- Steps: {sec(x['steps_phase'], 3)}, of which the Helm chain istio-base → "
-                 f"istiod → ingress-gateway takes {sec(x['helm_chain'], 3)} (two helm processes "
-                 "per release, each release waiting for the previous one).")
+                 f"istiod → ingress-gateway takes {sec(x['helm_chain'], 3)} (each release read "
+                 "from Helm's storage Secret, no helm process; each waits for the previous one).")
         steps = ", ".join(f"{sid} {e:.3f}" for sid, e in x["steps"].items())
         L.append(f"- Each step, median elapsed in s: {steps}.")
         L.append(f"- bookinfo-up's own peak RSS (VmHWM): {x['hwm_max']:.1f} MB; with its helm and "

@@ -34,13 +34,16 @@ struct Run {
     secs: f64,
 }
 
-fn run(bin: &str, state: &Path, path_env: &str, extra: &[&str]) -> Run {
+fn run(bin: &str, state: &Path, path_env: &str, log: Option<&str>) -> Run {
     let start = Instant::now();
-    let out = Command::new(bin)
+    let mut c = Command::new(bin);
+    if let Some(filter) = log {
+        c.env("BOOKINFO_UP_LOG", filter);
+    }
+    let out = c
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("plans/sim.toml")
         .args(["--output", "json", "--log-format", "plain"])
-        .args(extra)
         .env("BOOKINFO_UP_STATE_DIR", state)
         .env("BOOKINFO_UP_CACHE_DIR", state.join("cache"))
         .env("PATH", path_env)
@@ -55,6 +58,27 @@ fn run(bin: &str, state: &Path, path_env: &str, extra: &[&str]) -> Run {
         stderr,
         secs,
     }
+}
+
+/// Discovery requests (`GET /api/v1`, `GET /apis/<group>/<version>`) in kube-client's debug
+/// lines, by path, with how many times each was sent.
+fn discovery_requests(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|l| l.ends_with(": requesting")) {
+        let Some(url) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http.url="))
+        else {
+            continue;
+        };
+        let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+        let parts: Vec<&str> = path.split('/').collect();
+        let discovery = matches!(parts.as_slice(), ["api", "v1"] | ["apis", _, _]);
+        if discovery {
+            *seen.entry(format!("/{path}")).or_insert(0) += 1;
+        }
+    }
+    seen
 }
 
 fn outcomes(summary: &Value) -> Vec<(String, String)> {
@@ -98,7 +122,7 @@ fn sim_plan_converges_then_goes_away() {
     let up = env!("CARGO_BIN_EXE_bookinfo-up");
     let down = env!("CARGO_BIN_EXE_bookinfo-down");
 
-    let first = run(up, state.path(), &path_env, &[]);
+    let first = run(up, state.path(), &path_env, None);
     assert_eq!(first.code, 0, "first run failed:\n{}", first.stderr);
     let first_outcomes = outcomes(&first.summary);
     let ids: Vec<&str> = first_outcomes.iter().map(|(id, _)| id.as_str()).collect();
@@ -235,8 +259,20 @@ fn sim_plan_converges_then_goes_away() {
     );
     assert_eq!(bookinfo_gw, "666");
 
-    let second = run(up, state.path(), &path_env, &[]);
+    // The second run logs every request kube-client sends, to count discovery.
+    let second = run(
+        up,
+        state.path(),
+        &path_env,
+        Some("warn,bookinfo_up=info,kube_client=debug"),
+    );
     assert_eq!(second.code, 0, "second run failed:\n{}", second.stderr);
+    let discovery = discovery_requests(&second.stderr);
+    let asked_twice: Vec<_> = discovery.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        !discovery.is_empty() && asked_twice.is_empty(),
+        "discovery asks for each group-version once per run: {discovery:?}"
+    );
     let changed: Vec<_> = outcomes(&second.summary)
         .into_iter()
         .filter(|(_, o)| o != "unchanged")
@@ -246,8 +282,11 @@ fn sim_plan_converges_then_goes_away() {
         "the second run changes nothing: {changed:?}"
     );
     eprintln!(
-        "sim: first run {:.1}s, second run {:.1}s",
-        first.secs, second.secs
+        "sim: first run {:.1}s, second run {:.1}s with {} discovery requests ({})",
+        first.secs,
+        second.secs,
+        discovery.len(),
+        discovery.keys().cloned().collect::<Vec<_>>().join(", ")
     );
 
     let workdir = state.path().to_string_lossy().to_string();

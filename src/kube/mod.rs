@@ -13,12 +13,13 @@ pub mod readiness;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::GroupVersionKind;
+use kube::core::{GroupVersion, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
-use tokio::sync::RwLock;
+use tokio::sync::Mutex;
 
 use crate::error::{StepError, StepResult};
 
@@ -29,14 +30,19 @@ pub const PLAN_LABEL: &str = "bookinfo-up.io/plan";
 /// Annotation naming the step that created an object.
 pub const STEP_ANNOTATION: &str = "bookinfo-up.io/step";
 
+/// The resources of one group-version, as discovery lists them.
+type Resources = Vec<(ApiResource, ApiCapabilities)>;
+
 /// A connection to one cluster.
 pub struct Kube {
     pub client: kube::Client,
     /// The kubeconfig the client was built from, passed on to helm.
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
-    /// Discovery results by group/version/kind, filled on demand.
-    resources: RwLock<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    /// Discovery results by group/version, filled on demand: one request per group-version
+    /// however many of its kinds a plan uses, and however many steps ask at once (they wait
+    /// on the slot's lock for the first answer).
+    groups: std::sync::Mutex<HashMap<GroupVersion, Arc<Mutex<Option<Resources>>>>>,
 }
 
 impl Kube {
@@ -68,7 +74,7 @@ impl Kube {
             client,
             kubeconfig: kubeconfig.to_path_buf(),
             context: context.map(str::to_string),
-            resources: RwLock::new(HashMap::new()),
+            groups: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -79,36 +85,26 @@ impl Kube {
         gvk: &GroupVersionKind,
         patience: Duration,
     ) -> StepResult<(ApiResource, ApiCapabilities)> {
-        if let Some(found) = self.resources.read().await.get(gvk) {
-            return Ok(found.clone());
-        }
         let start = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
-            match kube::discovery::pinned_kind(&self.client, gvk).await {
-                Ok(found) => {
-                    self.resources
-                        .write()
-                        .await
-                        .insert(gvk.clone(), found.clone());
-                    return Ok(found);
-                }
-                Err(e) => {
-                    let missing = matches!(&e, kube::Error::Api(s) if s.code == 404)
-                        || matches!(&e, kube::Error::Discovery(_));
-                    if start.elapsed() + delay > patience {
-                        let what = format!("{}/{} {}", gvk.group, gvk.version, gvk.kind);
-                        return Err(if missing {
-                            StepError::fatal(format!("the API server does not serve kind `{what}`"))
-                                .with_source(e)
-                        } else {
-                            StepError::from(e)
-                        });
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+            let error = match self.discover(gvk).await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            if start.elapsed() + delay > patience {
+                let what = format!("{}/{} {}", gvk.group, gvk.version, gvk.kind);
+                let missing =
+                    StepError::fatal(format!("the API server does not serve kind `{what}`"));
+                return Err(match error {
+                    Some(e @ kube::Error::Discovery(_)) => missing.with_source(e),
+                    Some(e) => StepError::from(e),
+                    None => missing,
+                });
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -118,25 +114,51 @@ impl Kube {
         &self,
         gvk: &GroupVersionKind,
     ) -> StepResult<Option<(ApiResource, ApiCapabilities)>> {
-        if let Some(found) = self.resources.read().await.get(gvk) {
-            return Ok(Some(found.clone()));
-        }
-        match kube::discovery::pinned_kind(&self.client, gvk).await {
-            Ok(found) => {
-                self.resources
-                    .write()
-                    .await
-                    .insert(gvk.clone(), found.clone());
-                Ok(Some(found))
-            }
-            Err(e) if is_not_found(&e) || matches!(&e, kube::Error::Discovery(_)) => Ok(None),
+        match self.discover(gvk).await {
+            Ok(found) => Ok(found),
+            Err(e) if matches!(&e, kube::Error::Discovery(_)) => Ok(None),
             Err(e) => Err(api_error(format!("cannot discover kind `{}`", gvk.kind), e)),
         }
     }
 
-    /// Forgets cached discovery, after CRDs changed.
+    /// `gvk` in the cached resources of its group-version; the group-version is asked for
+    /// when it is not cached, or is cached without this kind (a CRD may have added it since).
+    /// `None`: the server does not serve the kind (or its group-version) now.
+    async fn discover(
+        &self,
+        gvk: &GroupVersionKind,
+    ) -> Result<Option<(ApiResource, ApiCapabilities)>, kube::Error> {
+        let gv = GroupVersion::gv(&gvk.group, &gvk.version);
+        let find = |list: &Resources| list.iter().find(|(ar, _)| ar.kind == gvk.kind).cloned();
+        let slot = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(gv.clone())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some(found) = cached.as_ref().and_then(find) {
+            return Ok(Some(found));
+        }
+        match kube::discovery::pinned_group(&self.client, &gv).await {
+            Ok(group) => {
+                let list = group.versioned_resources(&gv.version);
+                let found = find(&list);
+                *cached = Some(list);
+                Ok(found)
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets cached discovery of `gvk`'s group-version, after CRDs changed.
     pub async fn forget(&self, gvk: &GroupVersionKind) {
-        self.resources.write().await.remove(gvk);
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&GroupVersion::gv(&gvk.group, &gvk.version));
     }
 
     /// A dynamic API for `ar` in `namespace` (ignored for cluster-scoped resources).
