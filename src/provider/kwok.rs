@@ -258,15 +258,28 @@ fn stopped_components(cluster_dir: &Path) -> Vec<String> {
             let path = e.path();
             let name = path.file_stem()?.to_string_lossy().into_owned();
             let pid: i32 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
-            // SAFETY: signal 0 only asks whether the process exists (EPERM: it does).
-            let alive = pid > 0
-                && (unsafe { libc::kill(pid, 0) } == 0
-                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-            (!alive).then_some(name)
+            (!process_alive(pid)).then_some(name)
         })
         .collect();
     stopped.sort();
     stopped
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed component nobody reaped yet).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists (EPERM: it does).
+    let exists = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    // /proc/<pid>/stat: "pid (comm) state ...", comm may hold spaces and parentheses.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// Whether the API server of a kubeconfig answers within 2 s.
@@ -433,6 +446,24 @@ mod tests {
         .unwrap();
         std::fs::write(pids.join("kwok-controller.pid"), gone_pid.to_string()).unwrap();
         std::fs::write(pids.join("etcd.pid"), format!("{}\n", std::process::id())).unwrap();
-        assert_eq!(stopped_components(dir.path()), vec!["kwok-controller"]);
+        // A zombie: waitid(WNOWAIT) returns once `true` has exited and leaves it unreaped.
+        let zombie = std::process::Command::new("true").spawn().unwrap();
+        // SAFETY: waitid on our own child; `info` is a plain C struct it fills.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                zombie.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(r, 0, "waitid: {}", std::io::Error::last_os_error());
+        std::fs::write(pids.join("kube-scheduler.pid"), zombie.id().to_string()).unwrap();
+        assert_eq!(
+            stopped_components(dir.path()),
+            vec!["kube-scheduler", "kwok-controller"]
+        );
+        drop(zombie);
     }
 }
