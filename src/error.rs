@@ -77,7 +77,11 @@ impl From<kube::Error> for StepError {
         };
         let message = match &e {
             kube::Error::Api(s) => {
-                format!("API server said {} ({}): {}", s.code, s.reason, s.message)
+                let mut m = format!("API server said {} ({}): {}", s.code, s.reason, s.message);
+                if s.message.contains("provided port is already allocated") {
+                    m.push_str(LEAKED_NODE_PORT);
+                }
+                m
             }
             other => format!("cannot reach the API server: {other}"),
         };
@@ -90,3 +94,53 @@ impl From<kube::Error> for StepError {
 }
 
 pub type StepResult<T> = Result<T, StepError>;
+
+/// Added to "provided port is already allocated": the usual cause besides another Service.
+const LEAKED_NODE_PORT: &str = "\n  hint: if `kubectl get svc -A` shows no Service with this \
+node port, an API server that stopped during an earlier create leaked it; its repair loop frees \
+a leaked port within about 10 minutes. Run again then, or pick another node port in the plan.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn api_errors_say_the_code_and_whether_to_retry() {
+        let conflict = StepError::from(api(409, "Conflict", "the object has been modified"));
+        assert!(conflict.retryable);
+        assert_eq!(
+            conflict.message,
+            "API server said 409 (Conflict): the object has been modified"
+        );
+        let invalid = StepError::from(api(422, "Invalid", "spec.replicas: must be positive"));
+        assert!(!invalid.retryable);
+        assert!(!invalid.message.contains("hint:"));
+    }
+
+    #[test]
+    fn an_allocated_node_port_gets_a_hint() {
+        let e = StepError::from(api(
+            422,
+            "Invalid",
+            "Service \"istio-ingressgateway\" is invalid: spec.ports[3].nodePort: Invalid value: 30666: provided port is already allocated",
+        ));
+        assert!(!e.retryable);
+        assert!(
+            e.message
+                .starts_with("API server said 422 (Invalid): Service \"istio-ingressgateway\"")
+        );
+        assert!(
+            e.message
+                .contains("30666: provided port is already allocated\n  hint:")
+        );
+        assert!(e.message.contains("within about 10 minutes"));
+    }
+}
