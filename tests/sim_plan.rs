@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::{processes_mentioning, testbed};
+use crate::common::{listening_addresses, processes_mentioning, testbed};
 
 const SEED_STEPS: &[&str] = &[
     "istio-base",
@@ -293,6 +293,31 @@ fn sim_plan_converges_then_goes_away() {
     assert!(
         !processes_mentioning(&workdir).is_empty(),
         "the cluster's processes run from the state folder"
+    );
+    // Every component listens on loopback only: etcd speaks plain HTTP without
+    // authentication, so 0.0.0.0 (kwokctl's default) would open the cluster to the network.
+    let pids = state
+        .path()
+        .join("clusters/bookinfo-sim/kwok/clusters/bookinfo-sim/pids");
+    let mut components = 0;
+    for e in std::fs::read_dir(&pids).unwrap().flatten() {
+        let pid: i32 = std::fs::read_to_string(e.path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let addresses = listening_addresses(pid);
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(!addresses.is_empty(), "{name} listens on nothing");
+        assert!(
+            addresses.iter().all(|a| a.ip().is_loopback()),
+            "{name} listens beyond loopback: {addresses:?}"
+        );
+        components += 1;
+    }
+    assert_eq!(
+        components, 5,
+        "etcd, apiserver, controller-manager, scheduler, kwok"
     );
     let run_down = || {
         Command::new(down)

@@ -100,10 +100,13 @@ pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
     t
 }
 
-/// kwokctl configuration file, in the cluster's state folder, that fixes the component ports.
+/// kwokctl configuration file, in the cluster's state folder, that fixes the component ports
+/// and the address they listen on.
 pub const PORTS_CONFIG: &str = "kwokctl-ports.yaml";
 
-/// Ports chosen by the kernel for each component, written as a kwokctl configuration.
+/// Ports chosen by the kernel for each component, written as a kwokctl configuration, with
+/// every component bound to 127.0.0.1: kwokctl's default, 0.0.0.0, would put etcd (plain
+/// HTTP, no authentication) and the API server on every network the machine is on.
 ///
 /// kwokctl picks ports by counting down from 32767 and only avoids clusters of its own work
 /// folder, so two clusters created at once from different state folders (parallel CI jobs,
@@ -118,7 +121,7 @@ pub fn ports_config() -> std::io::Result<String> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()?;
     Ok(format!(
-        "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n  etcdPort: {}\n  etcdPeerPort: {}\n  kubeApiserverPort: {}\n  kubeControllerManagerPort: {}\n  kubeSchedulerPort: {}\n  kwokControllerPort: {}\n",
+        "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n  bindAddress: 127.0.0.1\n  etcdPort: {}\n  etcdPeerPort: {}\n  kubeApiserverPort: {}\n  kubeControllerManagerPort: {}\n  kubeSchedulerPort: {}\n  kwokControllerPort: {}\n",
         ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
     ))
 }
