@@ -156,12 +156,18 @@ pub async fn ensure(
     let kubeconfig = dir.join("kubeconfig");
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
-        let stopped = stopped_components(&dir.join("kwok/clusters").join(spec.name));
+        let cluster_dir = dir.join("kwok/clusters").join(spec.name);
+        let stopped = stopped_components(&cluster_dir);
         if stopped.is_empty() && answers(&kubeconfig).await {
             return ready(spec, dir, kubeconfig, cancel).await;
         }
         // Stopped (a reboot, a killed component): `kwokctl start` brings back what is not
-        // running and leaves the rest alone.
+        // running and leaves the rest alone. It judges by the pid files with signal 0, which a
+        // zombie still answers (an init that reaps late), so a stopped component's pid file
+        // goes first: without one, kwokctl starts the component.
+        for name in &stopped {
+            let _ = std::fs::remove_file(cluster_dir.join("pids").join(format!("{name}.pid")));
+        }
         if stopped.is_empty() {
             progress(format!("starting kwok cluster `{}`", spec.name));
         } else {

@@ -505,13 +505,18 @@ impl Sim {
 
     /// Creates the cluster (and its owner marker) without running a step.
     pub fn prepare(&self) {
+        let r = self.up_cluster_only();
+        assert_eq!(r.code, 0, "creating the cluster failed:\n{}", r.stderr);
+    }
+
+    /// `up` with every step skipped: only the cluster phase runs.
+    pub fn up_cluster_only(&self) -> Run {
         let mut args = Vec::new();
         for s in STEPS {
             args.push("--skip");
             args.push(s);
         }
-        let r = self.up(&args);
-        assert_eq!(r.code, 0, "creating the cluster failed:\n{}", r.stderr);
+        self.up(&args)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {

@@ -75,9 +75,11 @@ fn sigint_at_ten_seeded_instants() {
 }
 
 /// A SIGINT while the cluster phase waits on the API server (here: for a node that cannot
-/// become Ready, the kwok controller being stopped) ends the run as fast as one during a
-/// step: the phase watches the token, so the wait does not run out its 60 s first. The next
-/// run starts the stopped controller again.
+/// become Ready, the kwok controller being frozen with SIGSTOP) ends the run as fast as one
+/// during a step: the phase watches the token, so the wait does not run out its 60 s first.
+/// Then the controller is killed and its pid file left naming a zombie, as an init that
+/// reaps late leaves it (kwokctl takes a zombie for a running component): the next run
+/// starts the controller again and gets its node Ready.
 #[test]
 #[ignore = "slow: `just reliability`"]
 fn sigint_while_the_cluster_phase_waits_for_nodes() {
@@ -91,7 +93,7 @@ fn sigint_while_the_cluster_phase_waits_for_nodes() {
         .trim()
         .parse()
         .expect("a pid");
-    signal(controller, libc::SIGKILL);
+    signal(controller, libc::SIGSTOP);
     sim.kubectl_ok(&["delete", "node", "kwok-node-0", "--wait=true"]);
 
     let mut run = sim.spawn_up(&[]);
@@ -115,21 +117,45 @@ fn sigint_while_the_cluster_phase_waits_for_nodes() {
     );
     let (r, _) = interrupt(&sim, run, "sigint while waiting for a node");
     assert!(
-        r.stderr.contains("the run was cancelled"),
-        "the cluster phase should say it was cancelled:\n{}",
+        r.stderr.contains("the run was cancelled") && !r.stderr.contains("restarting stopped"),
+        "the cluster phase should say it was cancelled, with the controller left alone:\n{}",
         r.stderr
     );
 
-    // The next run sees the stopped controller, has kwokctl start it, and gets its node.
-    sim.prepare();
+    // The controller dies; its pid file names a zombie (a child of this test, unreaped).
+    signal(controller, libc::SIGKILL);
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    // SAFETY: waitid on our own child; `info` is a plain C struct it fills. WNOWAIT leaves
+    // the child a zombie.
+    let waited = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            zombie.id(),
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        )
+    };
+    assert_eq!(waited, 0, "waitid: {}", std::io::Error::last_os_error());
+    std::fs::write(&pid_file, zombie.id().to_string()).unwrap();
+    let next = sim.up_cluster_only();
+    let _ = zombie.wait();
+    assert_eq!(next.code, 0, "the next run failed:\n{}", next.stderr);
+    assert!(
+        next.stderr.contains(
+            "restarting stopped components of kwok cluster `bookinfo-sim`: kwok-controller"
+        ),
+        "the next run names the stopped controller:\n{}",
+        next.stderr
+    );
     let restarted: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert_ne!(
-        restarted, controller,
-        "the kwok controller was started again"
+    assert!(
+        restarted != controller && restarted != zombie.id() as i32,
+        "the kwok controller was started again (pid file: {restarted})"
     );
     let ready = sim.kubectl_ok(&[
         "get",
@@ -140,7 +166,8 @@ fn sigint_while_the_cluster_phase_waits_for_nodes() {
     ]);
     assert_eq!(ready, "True", "kwok-node-0 is Ready after the next run");
     eprintln!(
-        "next run: kwok-controller restarted (pid {controller} -> {restarted}), kwok-node-0 Ready"
+        "next run: {}; kwok-controller restarted (pid {controller}, then a zombie's, -> {restarted}), kwok-node-0 Ready",
+        next.brief()
     );
 }
 
