@@ -75,6 +75,10 @@ async fn ports_patch_on_the_gateway_chart_service_adds_and_reverts_exactly_two_p
                 "--create-namespace",
                 "--set",
                 "service.type=NodePort",
+                // As the plans do: the chart's node ports in the static band, so that a random
+                // one cannot be 30666 or 31029 below.
+                "--set-json",
+                r#"service.ports=[{"name":"status-port","port":15021,"protocol":"TCP","targetPort":15021,"nodePort":30021},{"name":"http2","port":80,"protocol":"TCP","targetPort":80,"nodePort":30080},{"name":"https","port":443,"protocol":"TCP","targetPort":443,"nodePort":30043}]"#,
                 "--kubeconfig",
             ])
             .arg(&s.cluster.kubeconfig)
