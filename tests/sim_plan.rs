@@ -8,24 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::{listening_addresses, processes_mentioning, testbed};
-
-const SEED_STEPS: &[&str] = &[
-    "istio-base",
-    "istio-crds",
-    "istiod",
-    "webhook-ready",
-    "ingress-gateway",
-    "bookinfo-namespace",
-    "bookinfo",
-    "bookinfo-gateway",
-    "addons",
-    "kiali-gateway",
-    "kiali-grafana",
-    "ingress-ports",
-    "rollout",
-    "bookinfo-pods",
-];
+use crate::common::{SIM_STEPS, listening_addresses, processes_mentioning, step_outcomes, testbed};
 
 struct Run {
     code: i32,
@@ -82,17 +65,7 @@ fn discovery_requests(log: &str) -> std::collections::BTreeMap<String, usize> {
 }
 
 fn outcomes(summary: &Value) -> Vec<(String, String)> {
-    summary["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    step_outcomes(summary).unwrap_or_else(|| panic!("the run printed no summary: {summary}"))
 }
 
 fn kubectl(kubeconfig: &Path, path_env: &str, args: &[&str]) -> String {
@@ -127,7 +100,7 @@ fn sim_plan_converges_then_goes_away() {
     let first_outcomes = outcomes(&first.summary);
     let ids: Vec<&str> = first_outcomes.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(
-        ids, SEED_STEPS,
+        ids, SIM_STEPS,
         "the summary lists every step of the seed flow"
     );
     assert!(

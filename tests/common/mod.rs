@@ -1,7 +1,8 @@
 //! Shared test fixtures: the testbed (tier 1) and throwaway kwok clusters built from it.
 //!
 //! Tests that need the testbed call `testbed()`: outside CI a missing testbed skips the test
-//! with one line naming `bash testbed/build.sh`; under `CI=true` it fails the test.
+//! with one line naming `just testbed`; under `CI=true` it fails the test. The reliability
+//! test binary includes this module too (`#[path]` in tests/reliability/main.rs).
 
 #![allow(dead_code)]
 
@@ -12,7 +13,26 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The testbed's binaries and Istio content, from `eval "$(bash testbed/env.sh)"`.
+/// The steps of plans/sim.toml (the seed's flow), in plan order.
+pub const SIM_STEPS: &[&str] = &[
+    "istio-base",
+    "istio-crds",
+    "istiod",
+    "webhook-ready",
+    "ingress-gateway",
+    "bookinfo-namespace",
+    "bookinfo",
+    "bookinfo-gateway",
+    "addons",
+    "kiali-gateway",
+    "kiali-grafana",
+    "ingress-ports",
+    "rollout",
+    "bookinfo-pods",
+];
+
+/// The testbed's binaries and Istio content, from `eval "$(just testbed-env)"`.
+#[derive(Clone)]
 pub struct Testbed {
     pub bin: PathBuf,
     pub istio: PathBuf,
@@ -28,12 +48,12 @@ pub fn testbed() -> Option<Testbed> {
         _ => {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!(
-                    "the testbed is missing or broken under CI=true: run `bash testbed/build.sh` \
-                     and `eval \"$(bash testbed/env.sh)\"`"
+                    "the testbed is missing or broken under CI=true: run `just testbed` and \
+                     `eval \"$(just testbed-env)\"`"
                 );
             }
             eprintln!(
-                "skipped: needs the testbed; run `bash testbed/build.sh` then `eval \"$(bash testbed/env.sh)\"`"
+                "skipped: needs the testbed; run `just testbed` then `eval \"$(just testbed-env)\"`"
             );
             None
         }
@@ -67,6 +87,20 @@ pub const NO_WEBHOOKS: &str = "kube-apiserver=disable-admission-plugins=Mutating
 /// workdir) can be handed the same ports. The lock is held until every port is listened on.
 const CREATE_LOCK: &str = "bookinfo-up-kwokctl-create.lock";
 
+/// Takes the `CREATE_LOCK` (blocking); released when the file is dropped. Also held by the
+/// reliability tests while the engine creates a cluster and while an API server is down
+/// (its port is free then).
+pub fn create_lock() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join(CREATE_LOCK))
+        .expect("create lock file opens");
+    lock.lock().expect("create lock");
+    lock
+}
+
 /// A kwok cluster (binary runtime) made from the testbed's binaries, deleted on drop.
 ///
 /// Everything it writes stays in its temporary workdir: kwokctl's state (KWOK_WORKDIR), the
@@ -96,13 +130,7 @@ impl KwokCluster {
             path_env: tb.path_env(),
             deleted: AtomicBool::new(false),
         };
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(std::env::temp_dir().join(CREATE_LOCK))
-            .expect("create lock file opens");
-        lock.lock().expect("create lock");
+        let lock = create_lock();
         let out = cluster
             .kwokctl()
             .args([
@@ -226,13 +254,7 @@ impl KwokCluster {
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kubectl_stdout(args, self.kubectl(args))
     }
 
     /// `kubectl apply -f -` of an inline manifest.
@@ -450,4 +472,31 @@ pub fn listening_addresses(pid: i32) -> Vec<std::net::SocketAddr> {
         .filter(|(_, inode)| inodes.contains(inode))
         .map(|(addr, _)| addr)
         .collect()
+}
+
+/// The stdout of a kubectl run with `args`; panics with its stderr when it failed.
+pub fn kubectl_stdout(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (step, outcome) of every step in a `--output json` summary; `None` when it lists no steps
+/// (the run printed no summary).
+pub fn step_outcomes(summary: &serde_json::Value) -> Option<Vec<(String, String)>> {
+    let steps = summary["steps"].as_array()?;
+    Some(
+        steps
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap_or_default().to_string(),
+                    s["outcome"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+    )
 }

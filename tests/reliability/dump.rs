@@ -61,6 +61,19 @@ const SKIPPED_KINDS: &[&str] = &[
     "componentstatuses",
 ];
 
+/// Every object of every listable kind but `SKIPPED_KINDS`, as one `kubectl get -o json`
+/// list; `kubectl` runs kubectl against the cluster and returns its stdout.
+pub fn list_stable_objects(kubectl: &dyn Fn(&[&str]) -> String) -> Value {
+    let kinds: Vec<String> = kubectl(&["api-resources", "--verbs=list", "-o", "name"])
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !SKIPPED_KINDS.contains(k))
+        .map(str::to_string)
+        .collect();
+    serde_json::from_str(&kubectl(&["get", &kinds.join(","), "-A", "-o", "json"]))
+        .expect("kubectl prints JSON")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dump {
     /// `kind.group ns/name` → normalised object.
@@ -102,15 +115,7 @@ impl Dump {
             );
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        let kinds: Vec<String> = kubectl(&["api-resources", "--verbs=list", "-o", "name"])
-            .lines()
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && !SKIPPED_KINDS.contains(k))
-            .map(str::to_string)
-            .collect();
-        let list: Value =
-            serde_json::from_str(&kubectl(&["get", &kinds.join(","), "-A", "-o", "json"]))
-                .expect("kubectl prints JSON");
+        let list = list_stable_objects(&kubectl);
         let pinned = pinned_node_ports();
         let mut objects = BTreeMap::new();
         for o in list["items"].as_array().into_iter().flatten() {

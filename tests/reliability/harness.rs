@@ -21,66 +21,12 @@ pub const UP: &str = env!("CARGO_BIN_EXE_bookinfo-up");
 pub const DOWN: &str = env!("CARGO_BIN_EXE_bookinfo-down");
 
 /// The steps of plans/sim.toml, in plan order.
-pub const STEPS: &[&str] = &[
-    "istio-base",
-    "istio-crds",
-    "istiod",
-    "webhook-ready",
-    "ingress-gateway",
-    "bookinfo-namespace",
-    "bookinfo",
-    "bookinfo-gateway",
-    "addons",
-    "kiali-gateway",
-    "kiali-grafana",
-    "ingress-ports",
-    "rollout",
-    "bookinfo-pods",
-];
+pub use crate::common::SIM_STEPS as STEPS;
+/// The testbed, shared with the other test binary (missing: skip, or fail under `CI=true`).
+pub use crate::common::{Testbed, testbed};
 
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The testbed's binaries and Istio content, from `eval "$(just testbed-env)"`.
-#[derive(Clone)]
-pub struct Testbed {
-    pub bin: PathBuf,
-    pub istio: PathBuf,
-}
-
-/// The testbed, or `None` after one line saying to run `just testbed`; under `CI=true` a
-/// missing testbed fails the test instead (the rule of tests/common/mod.rs).
-pub fn testbed() -> Option<Testbed> {
-    let bin = std::env::var_os("BOOKINFO_UP_TESTBED_BIN").map(PathBuf::from);
-    let istio = std::env::var_os("BOOKINFO_UP_ISTIO_DIR").map(PathBuf::from);
-    match (bin, istio) {
-        (Some(bin), Some(istio)) if bin.join("kube-apiserver").is_file() && istio.is_dir() => {
-            Some(Testbed { bin, istio })
-        }
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "the testbed is missing or broken under CI=true: run `just testbed` and \
-                     `eval \"$(just testbed-env)\"`"
-                );
-            }
-            eprintln!(
-                "skipped: needs the testbed; run `just testbed` then `eval \"$(just testbed-env)\"`"
-            );
-            None
-        }
-    }
-}
-
-impl Testbed {
-    pub fn path_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        )
-    }
 }
 
 // --- the live gate ---------------------------------------------------------------------------
@@ -127,14 +73,7 @@ impl Drop for LiveSlot {
 /// one is being created, or while a killed API server's port is free, can take that port.
 /// Held while the engine creates a cluster and while an API server is down.
 pub fn port_lock() -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("bookinfo-up-kwokctl-create.lock"))
-        .expect("the port lock file opens");
-    f.lock().expect("the port lock");
-    f
+    crate::common::create_lock()
 }
 
 // --- runs ------------------------------------------------------------------------------------
@@ -152,17 +91,7 @@ pub struct Run {
 impl Run {
     /// (step, outcome) of every step in the JSON summary.
     pub fn outcomes(&self) -> Vec<(String, String)> {
-        self.summary["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                (
-                    s["id"].as_str().unwrap_or_default().to_string(),
-                    s["outcome"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
+        crate::common::step_outcomes(&self.summary).unwrap_or_default()
     }
 
     pub fn step(&self, id: &str) -> Option<&Value> {
@@ -529,13 +458,7 @@ impl Sim {
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::common::kubectl_stdout(args, self.kubectl(args))
     }
 
     /// `port/nodePort` of each port of the istio-ingressgateway Service.
@@ -634,8 +557,7 @@ impl Drop for Sim {
 }
 
 pub fn kubectl(tb: &Testbed, kubeconfig: &Path, cache: &Path, args: &[&str]) -> Output {
-    Command::new(tb.bin.join("kubectl"))
-        .env("PATH", tb.path_env())
+    tb.cmd("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .arg("--cache-dir")

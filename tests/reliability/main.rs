@@ -18,6 +18,8 @@
 //! `BOOKINFO_UP_RELIABILITY_JOBS`) so that fault timings mean something on two cores; the
 //! fuzz test needs no slot and runs alongside them.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod control_plane;
 mod dump;
 mod harness;

@@ -13,22 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::dump::list_stable_objects;
 use crate::harness::{PLAN, Sim, Testbed, kubectl, live_slot, port_lock, testbed};
-
-/// Kinds left out of inventories: made and removed by controllers as they please.
-const VOLATILE: &[&str] = &[
-    "events",
-    "events.events.k8s.io",
-    "leases.coordination.k8s.io",
-    "endpoints",
-    "endpointslices.discovery.k8s.io",
-    "pods",
-    "replicasets.apps",
-    "controllerrevisions.apps",
-    "componentstatuses",
-];
 
 /// A kwok cluster made by hand, as a user would: kwokctl, one node, admission webhooks off.
 struct HandCluster {
@@ -140,17 +126,10 @@ impl HandCluster {
         self.kubectl_ok(&["apply", "-f", f.to_str().unwrap()]);
     }
 
-    /// `kind.group ns/name` → (uid, plan label) of every object but the volatile kinds.
+    /// `kind.group ns/name` → (uid, plan label) of every object but the volatile kinds
+    /// (`dump::SKIPPED_KINDS`).
     fn inventory(&self) -> BTreeMap<String, (String, Option<String>)> {
-        let kinds: Vec<String> = self
-            .kubectl_ok(&["api-resources", "--verbs=list", "-o", "name"])
-            .lines()
-            .filter(|k| !k.is_empty() && !VOLATILE.contains(k))
-            .map(str::to_string)
-            .collect();
-        let list: Value =
-            serde_json::from_str(&self.kubectl_ok(&["get", &kinds.join(","), "-A", "-o", "json"]))
-                .unwrap();
+        let list = list_stable_objects(&|args| self.kubectl_ok(args));
         list["items"]
             .as_array()
             .unwrap()
