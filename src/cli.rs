@@ -427,13 +427,8 @@ async fn up(args: UpArgs) -> i32 {
     let (steps, cancelled) = match result {
         Ok(kube) => {
             let plan = Arc::new(plan.clone());
-            let runner = Runner::new(
-                plan,
-                Some(kube),
-                run_options(c, &o, &args.only, &args.skip, false),
-                tx.clone(),
-                cancel.clone(),
-            );
+            let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
+            let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
             (runner.run().await, cancel.is_cancelled())
         }
         Err(failure) => {
@@ -447,6 +442,7 @@ async fn up(args: UpArgs) -> i32 {
 fn run_options(
     c: &Common,
     o: &Overrides,
+    plan: &Plan,
     only: &[String],
     skip: &[String],
     reverse: bool,
@@ -463,6 +459,7 @@ fn run_options(
             .artifacts
             .clone()
             .unwrap_or_else(|| o.state_dir.join("artifacts")),
+        cluster_logs: provider::cluster_logs(plan, o),
         reverse,
     }
 }
@@ -672,13 +669,8 @@ async fn down(args: DownArgs) -> i32 {
     {
         Ok(Teardown::Done(steps)) => steps,
         Ok(Teardown::Run(plan, kube)) => {
-            let runner = Runner::new(
-                plan,
-                Some(kube),
-                run_options(c, &o, &[], &[], true),
-                tx.clone(),
-                cancel.clone(),
-            );
+            let options = run_options(c, &o, &plan, &[], &[], true);
+            let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
             runner.run().await
         }
         Err(failure) => {

@@ -138,25 +138,47 @@ build_kind() {
   GOBIN="$TESTBED_DIR/bin" go install -p "$jobs" -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"
 }
 
-build_istioctl() {
-  # The branch commit requires pseudo-versions of some dependencies that the proxy refuses; the
-  # wrapper requires the served versions listed in ISTIOCTL_GO_REQUIRES (see versions.env),
-  # which minimal version selection then takes.
+# A wrapper module around the Istio commit. The commit requires pseudo-versions of some
+# dependencies that the proxy refuses; the wrapper requires the served versions listed in
+# ISTIOCTL_GO_REQUIRES (see versions.env), which minimal version selection then takes.
+# istio_build DIR EXTRA_GO_MOD PACKAGE: builds PACKAGE into bin/, stamped as Istio's release
+# builds do (common/scripts/report_build_info.sh); hub and version are also the defaults
+# `istioctl install` renders images with (docker.io/istio/...:VERSION).
+istio_build() {
+  local dir="$1" extra="$2" pkg="$3"
   local requires="" req
   for req in ${ISTIOCTL_GO_REQUIRES//,/ }; do
     requires+=$'\t'"${req%@*} ${req#*@}"$'\n'
   done
   local gomod
-  gomod="$(printf 'module testbed/istioctl\n\ngo 1.25\n\nrequire (\n\tistio.io/istio %s\n%s)\n' \
-    "$ISTIO_MODULE_VERSION" "$requires")"
-  # Stamped as Istio's release builds do (common/scripts/report_build_info.sh). Hub and version
-  # are also the defaults `istioctl install` renders images with (docker.io/istio/...:VERSION).
+  gomod="$(printf 'module testbed/%s\n\ngo 1.25\n\nrequire (\n\tistio.io/istio %s\n%s)\n%s\n' \
+    "$(basename "$dir")" "$ISTIO_MODULE_VERSION" "$requires" "$extra")"
   local v=istio.io/istio/pkg/version
   local ld="-s -w -X $v.buildVersion=$ISTIO_VERSION -X $v.buildGitRevision=$ISTIO_COMMIT"
   ld+=" -X $v.buildStatus=Clean -X $v.buildTag=$ISTIO_VERSION -X $v.buildHub=docker.io/istio"
   ld+=" -X $v.buildOS=$(go env GOOS) -X $v.buildArch=$(go env GOARCH)"
-  wrapper_build "$TESTBED_DIR/src/istioctl" "$gomod" $'\t_ "istio.io/istio/istioctl/cmd/istioctl"' "$ld" \
-    istio.io/istio/istioctl/cmd/istioctl
+  wrapper_build "$dir" "$gomod" $'\t_ "'"$pkg"'"' "$ld" "$pkg"
+}
+
+build_istioctl() {
+  istio_build "$TESTBED_DIR/src/istioctl" "" istio.io/istio/istioctl/cmd/istioctl
+}
+
+# istiod (pilot-discovery) from the same commit, for the sim's real Istio control plane.
+# pilot/pkg/bootstrap imports the agentgateway controller, whose API module
+# (github.com/agentgateway/agentgateway/api) the Go module proxy refuses in every version. The
+# controller only runs with PILOT_ENABLE_AGENTGATEWAY=true (off by default, and off in the
+# plans), so testbed/pilot-discovery-no-agentgateway.patch removes its import and the blocks
+# that the flag gates, in a copy of the module that the wrapper replaces istio.io/istio with.
+build_pilot_discovery() {
+  local dir patched="$TESTBED_DIR/src/istio-patched"
+  dir="$(go mod download -json "istio.io/istio@$ISTIO_MODULE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  rm -rf "$patched"
+  cp -r "$dir" "$patched"
+  chmod -R u+w "$patched"
+  patch -p1 -d "$patched" <"$here/pilot-discovery-no-agentgateway.patch"
+  istio_build "$TESTBED_DIR/src/pilot-discovery" "replace istio.io/istio => $patched" \
+    istio.io/istio/pilot/cmd/pilot-discovery
 }
 
 # Istio's release content, copied out of the module download so the charts, addons and
@@ -185,6 +207,7 @@ step "etcd $ETCD_VERSION" "$b/etcd" -- build_etcd
 step "helm $HELM_VERSION" "$b/helm" -- build_helm
 step "kubernetes $KUBERNETES_VERSION" "$b/kube-apiserver" "$b/kube-controller-manager" "$b/kube-scheduler" "$b/kubectl" -- build_kubernetes
 step "istioctl $ISTIO_VERSION" "$b/istioctl" -- build_istioctl
+step "istiod $ISTIO_VERSION" "$b/pilot-discovery" -- build_pilot_discovery
 
 # A warm run leaves no log behind.
 if [[ $built == 1 ]]; then echo "build log:      $log"; else rm -f "$log"; fi

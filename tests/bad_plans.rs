@@ -265,11 +265,13 @@ fn bad_plans_fail_before_any_tool_or_api_call() {
 }
 
 /// A fake testbed layout: what plans/sim.toml checks at analysis (the binaries folder exists,
-/// each local chart has a Chart.yaml), with nothing in it that could run.
+/// each local chart has a Chart.yaml, the istiod binary is a file), with nothing in it that
+/// could run.
 fn fake_testbed(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
     let bin = sandbox.dir.path().join("testbed/bin");
     let istio = sandbox.dir.path().join("testbed/istio");
     std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("pilot-discovery"), "").unwrap();
     for chart in ["base", "istiod", "gateway"] {
         let dir = istio.join("charts").join(chart);
         std::fs::create_dir_all(&dir).unwrap();

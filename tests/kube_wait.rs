@@ -69,7 +69,7 @@ fn rollout(ns: &str, name: &str) -> model::Wait {
         rollout: vec![(ns.into(), name.into())],
         pods: None,
         crds: Vec::new(),
-        webhook_probe: Vec::new(),
+        webhook: None,
     }
 }
 
@@ -289,7 +289,7 @@ spec:
             container: Some("app".into()),
         }),
         crds: vec!["gadgets.example.bookinfo-up.io".into()],
-        webhook_probe: probe,
+        webhook: None,
     };
     let (c, _rx) = ctx(&kube, "wait-pods", "kube-wait");
     let out = timeout(STEP_LIMIT, wait::run(&w, &c))
@@ -299,8 +299,36 @@ spec:
     assert_eq!(
         out,
         Outcome::Unchanged {
-            summary: "2 pods ready, 1 CRD established, webhooks serving (1 probe admitted)".into()
+            summary: "2 pods ready, 1 CRD established".into()
         }
+    );
+
+    // A webhook probe that is admitted proves nothing (no webhook denied it): the wait goes
+    // on, and says why.
+    let webhook = model::Wait {
+        rollout: Vec::new(),
+        pods: None,
+        crds: Vec::new(),
+        webhook: Some(model::WebhookProbe {
+            name: "validation.example.bookinfo-up.io".into(),
+            probe: probe.into_iter().next().unwrap(),
+        }),
+    };
+    let (c, mut rx) = ctx(&kube, "wait-webhook", "kube-wait");
+    assert!(
+        timeout(Duration::from_secs(3), wait::run(&webhook, &c))
+            .await
+            .is_err(),
+        "an admitted probe must not count as a serving webhook"
+    );
+    let last = progress(&mut rx).pop().unwrap_or_default();
+    assert!(last.contains("probe was admitted"), "{last}");
+    let why = wait::explain(&webhook, &kube).await;
+    assert!(
+        why.starts_with(
+            "webhook validation.example.bookinfo-up.io: not serving: the probe was admitted"
+        ),
+        "{why}"
     );
     // The probe was a dry run: nothing was created.
     assert!(

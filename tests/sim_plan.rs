@@ -1,6 +1,8 @@
 //! plans/sim.toml end to end on a kwok cluster built from the testbed: from nothing to all
 //! green, the cluster in the shape the seed ends with, a second run with zero changes, then
-//! `bookinfo-down` twice. What it cannot run: HTTP through the gateway (no data plane).
+//! `bookinfo-down` twice. istiod is real (pilot-discovery from the pinned Istio commit): pods
+//! are injected by it and Istio objects validated by it, as on a real cluster. What it cannot
+//! run: HTTP through the gateway (no data plane).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -229,6 +231,9 @@ fn sim_plan_converges_then_goes_away() {
         ],
     );
     assert_eq!(bookinfo_gw, "666");
+    assert_injected_by_istiod(&kubeconfig, &path_env);
+    assert_istiod_validates(&kubeconfig, &path_env);
+    assert_analyze_is_clean(&kubeconfig, &path_env);
 
     // The second run logs every request kube-client sends, to count discovery.
     let second = run(
@@ -280,6 +285,20 @@ fn sim_plan_converges_then_goes_away() {
         let addresses = listening_addresses(pid);
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(!addresses.is_empty(), "{name} listens on nothing");
+        if name == "istiod.pid" {
+            // istiod listens on the host end of its cluster's veth pair only (10.248.N.1),
+            // which only the host and the cluster's own network namespace reach.
+            assert!(
+                addresses.iter().all(|a| match a.ip() {
+                    std::net::IpAddr::V4(ip) =>
+                        ip.octets()[..2] == [10, 248] && ip.octets()[3] == 1,
+                    _ => false,
+                }),
+                "istiod listens beyond its cluster address: {addresses:?}"
+            );
+            components += 1;
+            continue;
+        }
         assert!(
             addresses.iter().all(|a| a.ip().is_loopback()),
             "{name} listens beyond loopback: {addresses:?}"
@@ -287,9 +306,16 @@ fn sim_plan_converges_then_goes_away() {
         components += 1;
     }
     assert_eq!(
-        components, 5,
-        "etcd, apiserver, controller-manager, scheduler, kwok"
+        components, 6,
+        "etcd, apiserver, controller-manager, scheduler, kwok, istiod"
     );
+    let netns = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bookinfo-up-"))
+        .count();
+    assert!(netns >= 1, "the cluster's istiod has its network namespace");
     let run_down = || {
         Command::new(down)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -307,12 +333,136 @@ fn sim_plan_converges_then_goes_away() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        processes_mentioning(&workdir).len(),
-        0,
-        "no process of the cluster outlives down"
+        processes_mentioning(&workdir),
+        Vec::<String>::new(),
+        "no process of the cluster or of its istiod outlives down"
+    );
+    assert!(
+        !state
+            .path()
+            .join("clusters/bookinfo-sim/istiod-net")
+            .exists(),
+        "down removes istiod's network"
     );
     let again = run_down();
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "down again: {text}");
     assert!(text.contains("already gone"), "{text}");
+}
+
+/// Every Bookinfo pod carries istio-proxy as istiod injects it on Kubernetes >= 1.33 (a native
+/// sidecar with its status annotation), and the gateway pod runs the proxy image the injector
+/// put in place of the chart's `image: auto`.
+fn assert_injected_by_istiod(kubeconfig: &Path, path_env: &str) {
+    let image = format!(
+        "docker.io/istio/proxyv2:{}",
+        std::env::var("ISTIO_VERSION").unwrap_or_else(|_| "1.30.4".into())
+    );
+    let pods: Value = serde_json::from_str(&kubectl(
+        kubeconfig,
+        path_env,
+        &["get", "pods", "-n", "bookinfo", "-o", "json"],
+    ))
+    .unwrap();
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 6, "6 Bookinfo pods");
+    for p in pods {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert!(
+            p["metadata"]["annotations"]["sidecar.istio.io/status"].is_string(),
+            "{name} was injected by istiod"
+        );
+        let sidecar = p["spec"]["initContainers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "istio-proxy"))
+            .unwrap_or_else(|| panic!("{name}: istio-proxy is a native sidecar: {p}"));
+        assert_eq!(sidecar["restartPolicy"], "Always", "{name}");
+        assert_eq!(sidecar["image"], image.as_str(), "{name}");
+        let ready = p["status"]["initContainerStatuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "istio-proxy"))
+            .map(|s| s["ready"] == true && s["started"] == true);
+        assert_eq!(ready, Some(true), "{name}: istio-proxy started and ready");
+    }
+    let gateway = kubectl(
+        kubeconfig,
+        path_env,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "istio-system",
+            "-l",
+            "app=istio-ingressgateway",
+            "-o",
+            "jsonpath={.items[*].spec.containers[*].image}",
+        ],
+    );
+    assert_eq!(gateway, image, "the gateway's `image: auto` was injected");
+}
+
+/// istiod's validating webhook refuses an invalid Gateway that the CRD's schema accepts.
+fn assert_istiod_validates(kubeconfig: &Path, path_env: &str) {
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: invalid\n  namespace: bookinfo\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"bookinfo.*.invalid\"]\n";
+    let mut child = Command::new("kubectl")
+        .env("PATH", path_env)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(gateway.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl apply of an invalid Gateway: {}", stderr.trim());
+    assert!(!out.status.success(), "an invalid Gateway is refused");
+    assert!(
+        stderr.contains("admission webhook \"validation.istio.io\" denied the request"),
+        "{stderr}"
+    );
+}
+
+/// `istioctl analyze` finds no error and no pod without its proxy (IST0103).
+fn assert_analyze_is_clean(kubeconfig: &Path, path_env: &str) {
+    let out = Command::new("istioctl")
+        .env("PATH", path_env)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["analyze", "--all-namespaces", "-o", "json"])
+        .output()
+        .expect("istioctl runs (the testbed builds it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let messages: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "istioctl analyze -o json: {e}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let bad: Vec<&Value> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["level"] == "Error" || m["code"] == "IST0103")
+        .collect();
+    eprintln!(
+        "istioctl analyze: {} messages: {}",
+        messages.as_array().unwrap().len(),
+        messages
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{} {}", m["level"], m["code"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(bad.is_empty(), "istioctl analyze: {bad:#?}");
 }

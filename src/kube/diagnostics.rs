@@ -17,6 +17,21 @@ use super::readiness::{self, Readiness};
 /// How many log lines to keep per container.
 const LOG_LINES: i64 = 500;
 
+/// Copies the last `LOG_LINES` lines of each log that exists into `dir`, under its own name
+/// (the cluster's istiod log, which no pod holds on a kwok cluster).
+pub async fn copy_logs(logs: &[std::path::PathBuf], dir: &Path) -> std::io::Result<()> {
+    for log in logs {
+        let (Ok(text), Some(name)) = (fs::read_to_string(log).await, log.file_name()) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_LINES as usize)..].join("\n");
+        fs::create_dir_all(dir).await?;
+        fs::write(dir.join(name), tail + "\n").await?;
+    }
+    Ok(())
+}
+
 /// Writes `<dir>/<namespace>/{events.txt, pods.txt, pods.yaml, logs/<pod>.<container>.log}`.
 /// Only I/O errors on `dir` fail; API errors become the content of the files.
 pub async fn collect(kube: &Kube, namespaces: &[String], dir: &Path) -> std::io::Result<()> {

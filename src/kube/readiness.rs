@@ -3,7 +3,7 @@
 //! (Established). Each returns a `Readiness`; waits and failure explanations share them.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// Where an object stands on its way to ready.
@@ -82,36 +82,73 @@ pub fn pod_is_gone(p: &Pod) -> bool {
         )
 }
 
-/// A pod is ready when its Ready condition is True (not when its phase is Running). With
-/// `containers`, it must have exactly that many containers, all ready; with `container`, one
-/// of them must have that name (a sidecar such as `istio-proxy`) and be ready.
-pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readiness {
-    let spec_containers: Vec<&str> = p
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| c.name.as_str())
-        .collect();
+/// The containers that run for a pod's whole life, in order: its containers, then its native
+/// sidecars (init containers with `restartPolicy: Always`, which Kubernetes >= 1.29 keeps
+/// running beside the containers; Istio injects `istio-proxy` that way when every node's
+/// kubelet is 1.33 or newer). Each with its status, from `containerStatuses` or
+/// `initContainerStatuses`, once the kubelet has reported one.
+pub fn running_containers(p: &Pod) -> Vec<(&str, Option<&ContainerStatus>)> {
+    let Some(spec) = &p.spec else {
+        return Vec::new();
+    };
     let status = p.status.as_ref();
-    let statuses = status
-        .and_then(|s| s.container_statuses.as_deref())
-        .unwrap_or_default();
+    fn find<'p>(list: Option<&'p Vec<ContainerStatus>>, name: &str) -> Option<&'p ContainerStatus> {
+        list.into_iter().flatten().find(|s| s.name == name)
+    }
+    let containers = spec.containers.iter().map(|c| {
+        let st = find(status.and_then(|s| s.container_statuses.as_ref()), &c.name);
+        (c.name.as_str(), st)
+    });
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| {
+            let st = find(
+                status.and_then(|s| s.init_container_statuses.as_ref()),
+                &c.name,
+            );
+            (c.name.as_str(), st)
+        });
+    containers.chain(sidecars).collect()
+}
+
+/// Whether a running container is ready: a native sidecar must also have started.
+fn container_ready(s: Option<&ContainerStatus>) -> bool {
+    s.is_some_and(|s| s.ready && s.started != Some(false))
+}
+
+/// A pod is ready when its Ready condition is True (not when its phase is Running). With
+/// `containers`, it must run exactly that many containers (native sidecars included), all
+/// ready; with `container`, one of them must have that name (a sidecar such as
+/// `istio-proxy`, as a container or as a native sidecar) and be ready. One rule for a real
+/// kubelet and for kwok's, whichever way the sidecar was injected.
+pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readiness {
+    let running = running_containers(p);
+    let names: Vec<&str> = running.iter().map(|(n, _)| *n).collect();
+    let status = p.status.as_ref();
     if let Some(n) = containers
-        && spec_containers.len() != n as usize
+        && names.len() != n as usize
     {
         return Readiness::Waiting(format!(
             "has {} container{} ({}), expected {n}",
-            spec_containers.len(),
-            if spec_containers.len() == 1 { "" } else { "s" },
-            spec_containers.join(", ")
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
         ));
     }
     if let Some(name) = container
-        && !spec_containers.contains(&name)
+        && !names.contains(&name)
     {
         return Readiness::Waiting(format!(
-            "has no container `{name}` ({})",
-            spec_containers.join(", ")
+            "has no container `{name}` ({}){}",
+            names.join(", "),
+            if injected(p) {
+                ""
+            } else {
+                ": no sidecar was injected (no `sidecar.istio.io/status` annotation)"
+            }
         ));
     }
     let conditions = status
@@ -133,11 +170,11 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
                     .unwrap_or_default()
             ));
         }
-        let waiting: Vec<String> = statuses
+        let waiting: Vec<String> = running
             .iter()
-            .filter(|s| !s.ready)
-            .map(|s| {
-                let why = s.state.as_ref().and_then(|st| {
+            .filter(|(_, s)| !container_ready(*s))
+            .map(|(name, s)| {
+                let why = s.and_then(|s| s.state.as_ref()).and_then(|st| {
                     st.waiting
                         .as_ref()
                         .map(|w| w.reason.clone().unwrap_or_else(|| "waiting".into()))
@@ -148,8 +185,8 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
                         })
                 });
                 match why {
-                    Some(why) => format!("{} {why}", s.name),
-                    None => format!("{} not ready", s.name),
+                    Some(why) => format!("{name} {why}"),
+                    None => format!("{name} not ready"),
                 }
             })
             .collect();
@@ -160,20 +197,30 @@ pub fn pod(p: &Pod, containers: Option<u32>, container: Option<&str>) -> Readine
             format!("{phase}, {}", waiting.join(", "))
         });
     }
-    let unready: Vec<&str> = statuses
+    let unready: Vec<&str> = running
         .iter()
-        .filter(|s| !s.ready)
-        .map(|s| s.name.as_str())
+        .filter(|(_, s)| !container_ready(*s))
+        .map(|(n, _)| *n)
         .collect();
     if containers.is_some() && !unready.is_empty() {
         return Readiness::Waiting(format!("containers not ready: {}", unready.join(", ")));
     }
     if let Some(name) = container
-        && !statuses.iter().any(|s| s.name == name && s.ready)
+        && !running
+            .iter()
+            .any(|(n, s)| *n == name && container_ready(*s))
     {
         return Readiness::Waiting(format!("container `{name}` not ready"));
     }
     Readiness::Ready
+}
+
+/// Whether Istio's injector mutated the pod: it stamps `sidecar.istio.io/status`.
+pub fn injected(p: &Pod) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("sidecar.istio.io/status"))
 }
 
 /// A CRD is usable once Established; names rejected (NamesAccepted False) will not fix
@@ -306,7 +353,81 @@ mod tests {
         );
         assert_eq!(
             pod(&p, None, Some("istio-proxy")),
-            Readiness::Waiting("has no container `istio-proxy` (app)".into())
+            Readiness::Waiting(
+                "has no container `istio-proxy` (app): no sidecar was injected (no `sidecar.istio.io/status` annotation)"
+                    .into()
+            )
+        );
+    }
+
+    /// A Bookinfo pod as the sim's istiod injected it (native sidecar: `istio-proxy` is an
+    /// init container with `restartPolicy: Always`) and kwok reported it, saved from a run.
+    fn injected_pod() -> Pod {
+        serde_json::from_str(include_str!("testdata/injected-pod.json")).unwrap()
+    }
+
+    #[test]
+    fn a_native_sidecar_counts_as_a_running_container() {
+        let p = injected_pod();
+        assert!(injected(&p));
+        let names: Vec<&str> = running_containers(&p).iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["details", "istio-proxy"], "istio-init is not one");
+        assert_eq!(pod(&p, Some(2), Some("istio-proxy")), Readiness::Ready);
+        assert_eq!(
+            pod(&p, Some(1), None),
+            Readiness::Waiting("has 2 containers (details, istio-proxy), expected 1".into())
+        );
+    }
+
+    #[test]
+    fn a_native_sidecar_not_ready_or_not_started_keeps_the_pod_waiting() {
+        for (field, value) in [("ready", false), ("started", false)] {
+            let mut v: serde_json::Value =
+                serde_json::from_str(include_str!("testdata/injected-pod.json")).unwrap();
+            for s in v["status"]["initContainerStatuses"].as_array_mut().unwrap() {
+                if s["name"] == "istio-proxy" {
+                    s[field] = json!(value);
+                }
+            }
+            let p = pod_of(v);
+            assert_eq!(
+                pod(&p, Some(2), Some("istio-proxy")),
+                Readiness::Waiting("containers not ready: istio-proxy".into()),
+                "{field}: {value}"
+            );
+            assert_eq!(
+                pod(&p, None, Some("istio-proxy")),
+                Readiness::Waiting("container `istio-proxy` not ready".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_classic_sidecar_passes_the_same_rule() {
+        // The shape istiod injects when a node's kubelet is older than 1.33.
+        let mut v: serde_json::Value =
+            serde_json::from_str(include_str!("testdata/injected-pod.json")).unwrap();
+        let init = v["spec"]["initContainers"].as_array_mut().unwrap();
+        let i = init
+            .iter()
+            .position(|c| c["name"] == "istio-proxy")
+            .unwrap();
+        let mut proxy = init.remove(i);
+        proxy.as_object_mut().unwrap().remove("restartPolicy");
+        v["spec"]["containers"].as_array_mut().unwrap().push(proxy);
+        let statuses = v["status"]["initContainerStatuses"].as_array_mut().unwrap();
+        let i = statuses
+            .iter()
+            .position(|s| s["name"] == "istio-proxy")
+            .unwrap();
+        let status = statuses.remove(i);
+        v["status"]["containerStatuses"]
+            .as_array_mut()
+            .unwrap()
+            .push(status);
+        assert_eq!(
+            pod(&pod_of(v), Some(2), Some("istio-proxy")),
+            Readiness::Ready
         );
     }
 

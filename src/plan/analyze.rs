@@ -642,20 +642,14 @@ impl Analyzer<'_> {
                     None => 1,
                 };
                 let binaries = match k.and_then(|k| k.binaries.as_ref()) {
-                    Some(b) => {
-                        let p = self.path(b, file, dir)?;
-                        if !p.is_dir() {
-                            self.diags.push(
-                                Diagnostic::new(format!(
-                                    "binaries folder `{}` does not exist",
-                                    crate::diag::display_path(&p)
-                                ))
-                                .at(file, b.span())
-                                .help("run `just testbed` and `eval \"$(just testbed-env)\"`"),
-                            );
-                        }
-                        Some(p)
-                    }
+                    Some(b) => Some(self.testbed_path(
+                        b,
+                        file,
+                        dir,
+                        "binaries folder",
+                        true,
+                        "run `just testbed` and `eval \"$(just testbed-env)\"`",
+                    )?),
                     None => None,
                 };
                 let mut apiserver_args = Vec::new();
@@ -674,11 +668,23 @@ impl Analyzer<'_> {
                     Some(v) => Some(self.interp(v, file)?),
                     None => None,
                 };
+                let istiod = match k.and_then(|k| k.istiod.as_ref()) {
+                    Some(i) => Some(self.testbed_path(
+                        &i.get_ref().binary,
+                        file,
+                        dir,
+                        "istiod binary",
+                        false,
+                        "run `just testbed` (it builds pilot-discovery) and `eval \"$(just testbed-env)\"`",
+                    )?),
+                    None => None,
+                };
                 Provider::Kwok {
                     nodes,
                     binaries,
                     apiserver_args,
                     kube_version,
+                    istiod,
                 }
             }
             "existing" => {
@@ -1351,10 +1357,10 @@ impl Analyzer<'_> {
         if raw.rollout.is_empty()
             && raw.pods.is_none()
             && raw.crds.is_empty()
-            && raw.webhook_probe.is_none()
+            && raw.webhook.is_none()
         {
             self.diags.push(
-                Diagnostic::new("a wait step needs `rollout`, `pods`, `crds` or `webhook_probe`")
+                Diagnostic::new("a wait step needs `rollout`, `pods`, `crds` or `webhook`")
                     .at(file, w.span())
                     .help("e.g. rollout = [\"bookinfo/*\"] waits for every Deployment of namespace bookinfo"),
             );
@@ -1400,19 +1406,62 @@ impl Analyzer<'_> {
         for c in &raw.crds {
             crds.push(self.interp(c, file)?);
         }
-        let webhook_probe = match &raw.webhook_probe {
-            Some(f) => {
-                let paths = self.manifest_paths(std::slice::from_ref(f), file, dir);
-                self.manifests(&paths, false, (file, f.span()))
+        let webhook = match &raw.webhook {
+            Some(h) => {
+                let h = h.get_ref();
+                let name = self.interp(&h.name, file)?;
+                let paths = self.manifest_paths(std::slice::from_ref(&h.probe), file, dir);
+                let mut probes = self.manifests(&paths, false, (file, h.probe.span()));
+                if probes.len() > 1 {
+                    self.diags.push(
+                        Diagnostic::new(format!(
+                            "a webhook probe is one object; `{}` holds {}",
+                            h.probe.get_ref(),
+                            probes.len()
+                        ))
+                        .at(file, h.probe.span())
+                        .help("keep one object that the webhook denies in the probe file"),
+                    );
+                    return None;
+                }
+                Some(WebhookProbe {
+                    name,
+                    probe: probes.pop()?,
+                })
             }
-            None => Vec::new(),
+            None => None,
         };
         Some(Wait {
             rollout,
             pods,
             crds,
-            webhook_probe,
+            webhook,
         })
+    }
+
+    /// A path the testbed provides (a folder, or a file): resolved, and reported when it is
+    /// missing, with how to build it.
+    fn testbed_path(
+        &mut self,
+        s: &S,
+        file: FileId,
+        dir: &Path,
+        what: &str,
+        folder: bool,
+        help: &str,
+    ) -> Option<PathBuf> {
+        let p = self.path(s, file, dir)?;
+        if (folder && !p.is_dir()) || (!folder && !p.is_file()) {
+            self.diags.push(
+                Diagnostic::new(format!(
+                    "{what} `{}` does not exist",
+                    crate::diag::display_path(&p)
+                ))
+                .at(file, s.span())
+                .help(help),
+            );
+        }
+        Some(p)
     }
 
     fn url(&mut self, s: &S, file: FileId) -> Option<String> {

@@ -49,6 +49,8 @@ pub enum Provider {
         binaries: Option<PathBuf>,
         apiserver_args: Vec<String>,
         kube_version: Option<String>,
+        /// pilot-discovery: a real istiod runs beside the cluster (`provider::istiod`).
+        istiod: Option<PathBuf>,
     },
     Existing {
         kubeconfig: Option<PathBuf>,
@@ -200,7 +202,14 @@ pub struct Wait {
     pub rollout: Vec<(String, String)>,
     pub pods: Option<PodsReady>,
     pub crds: Vec<String>,
-    pub webhook_probe: Vec<Manifest>,
+    pub webhook: Option<WebhookProbe>,
+}
+
+/// An admission webhook that serves: it denies `probe` (a dry run), by `name`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookProbe {
+    pub name: String,
+    pub probe: Manifest,
 }
 
 #[derive(Debug, Clone, Serialize)]

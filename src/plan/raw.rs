@@ -105,8 +105,18 @@ pub struct RawKwok {
     /// Extra kube-apiserver arguments, `key=value` without leading dashes.
     #[serde(default)]
     pub apiserver_args: Vec<S>,
-    /// Kubernetes version kwokctl should report and, with internet, download.
+    /// Kubernetes version kwokctl should report and, with internet, download; also the
+    /// kubelet version the simulated nodes report.
     pub kube_version: Option<S>,
+    /// A real istiod beside the simulated kubelets.
+    pub istiod: Option<Spanned<RawIstiod>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIstiod {
+    /// pilot-discovery, built from the pinned Istio commit.
+    pub binary: S,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,8 +234,18 @@ pub struct RawWait {
     /// CustomResourceDefinitions to see Established, by name.
     #[serde(default)]
     pub crds: Vec<S>,
-    /// A manifest whose server-side dry-run must pass (admission webhooks serving).
-    pub webhook_probe: Option<S>,
+    /// An admission webhook that must be serving: it denies a probe object.
+    pub webhook: Option<Spanned<RawWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// The webhook's name, as in its configuration (`validation.istio.io`).
+    pub name: S,
+    /// A manifest of an object that the webhook refuses: sent as a server-side dry-run until
+    /// the webhook denies it.
+    pub probe: S,
 }
 
 #[derive(Debug, Deserialize)]

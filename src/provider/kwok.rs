@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
 
+use super::istiod::{self, Launch, Net};
 use super::{Access, Problem, ProviderError};
 use crate::kube::{FIELD_MANAGER, Kube};
 use crate::process::{Tool, ToolError};
@@ -34,10 +35,12 @@ pub struct Spec<'a> {
     pub binaries: Option<&'a Path>,
     pub apiserver_args: &'a [String],
     pub kube_version: Option<&'a str>,
+    /// pilot-discovery, to run a real istiod beside the cluster (see `istiod`).
+    pub istiod: Option<&'a Path>,
 }
 
-pub fn preflight(binaries: Option<&Path>) -> Vec<Problem> {
-    let mut problems = Vec::new();
+pub fn preflight(binaries: Option<&Path>, istiod: Option<&Path>) -> Vec<Problem> {
+    let mut problems = istiod.map(istiod::preflight).unwrap_or_default();
     if crate::process::which("kwokctl").is_none() {
         problems.push(Problem {
             what: "`kwokctl` is not on PATH".into(),
@@ -97,6 +100,13 @@ pub fn create_command(spec: &Spec<'_>, dir: &Path) -> Tool {
     for a in spec.apiserver_args {
         t = t.arg("--extra-args").arg(format!("kube-apiserver={a}"));
     }
+    if spec.istiod.is_some() {
+        // Webhooks are called at an endpoint of their Service (the istiod pod's address, routed
+        // to istiod), not at its ClusterIP, which nothing serves without kube-proxy.
+        t = t
+            .arg("--extra-args")
+            .arg("kube-apiserver=enable-aggregator-routing=true");
+    }
     t
 }
 
@@ -154,12 +164,21 @@ pub async fn ensure(
         message: format!("cannot create the state folder `{}`: {e}", dir.display()),
     })?;
     let kubeconfig = dir.join("kubeconfig");
+    let cluster_dir = dir.join("kwok/clusters").join(spec.name);
+    let net = match spec.istiod {
+        Some(binary) => {
+            let net = istiod::net(dir)?;
+            istiod::ensure_net(&net, cancel).await?;
+            launch(spec, binary, dir, &kubeconfig, &net).write(dir)?;
+            Some(net)
+        }
+        None => None,
+    };
     if exists(spec.name, dir, cancel).await? {
         progress(format!("kwok cluster `{}` exists", spec.name));
-        let cluster_dir = dir.join("kwok/clusters").join(spec.name);
         let stopped = stopped_components(&cluster_dir);
         if stopped.is_empty() && answers(&kubeconfig).await {
-            return ready(spec, dir, kubeconfig, cancel).await;
+            return ready(spec, dir, kubeconfig, net.as_ref(), cancel).await;
         }
         // Stopped (a reboot, a killed component): `kwokctl start` brings back what is not
         // running and leaves the rest alone. It judges by the pid files with signal 0, which a
@@ -193,9 +212,15 @@ pub async fn ensure(
         }
     } else {
         progress(format!("creating kwok cluster `{}`", spec.name));
-        let config = ports_config().map_err(|e| ProviderError::Tool {
+        let mut config = ports_config().map_err(|e| ProviderError::Tool {
             message: format!("cannot choose ports for the cluster: {e}"),
         })?;
+        if spec.istiod.is_some() {
+            config.push_str(&istiod::component_config(
+                &dir.join(istiod::COMPONENT),
+                &cluster_dir,
+            ));
+        }
         std::fs::write(dir.join(PORTS_CONFIG), config).map_err(|e| ProviderError::Tool {
             message: format!("cannot write `{}`: {e}", dir.join(PORTS_CONFIG).display()),
         })?;
@@ -225,7 +250,39 @@ pub async fn ensure(
             message: format!("cannot write `{}`: {e}", kubeconfig.display()),
         })?;
     }
-    ready(spec, dir, kubeconfig, cancel).await
+    ready(spec, dir, kubeconfig, net.as_ref(), cancel).await
+}
+
+/// The log file of a component of the cluster, in kwokctl's folder for it.
+pub fn component_log(dir: &Path, name: &str, component: &str) -> PathBuf {
+    dir.join("kwok/clusters")
+        .join(name)
+        .join("logs")
+        .join(format!("{component}.log"))
+}
+
+/// How the cluster's istiod component starts (see `istiod::Launch`).
+fn launch<'a>(
+    spec: &'a Spec<'_>,
+    binary: &'a Path,
+    dir: &Path,
+    kubeconfig: &'a Path,
+    net: &'a Net,
+) -> Launch<'a> {
+    let kubectl = spec
+        .binaries
+        .map(|b| b.join("kubectl"))
+        .filter(|k| k.is_file())
+        .or_else(|| crate::process::which("kubectl"))
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    Launch {
+        binary,
+        kubectl,
+        kubeconfig,
+        workdir: dir.join("istiod-work"),
+        cluster: spec.name,
+        net,
+    }
 }
 
 /// The cluster's nodes, made and Ready, and how to reach it.
@@ -234,6 +291,7 @@ async fn ready(
     spec: &Spec<'_>,
     dir: &Path,
     kubeconfig: PathBuf,
+    net: Option<&Net>,
     cancel: &CancellationToken,
 ) -> Result<Access, ProviderError> {
     let log = dir
@@ -242,7 +300,11 @@ async fn ready(
         .join("logs/kwok-controller.log");
     let nodes = async {
         let kube = Kube::connect(&kubeconfig, None).await?;
-        ensure_nodes(&kube, spec.nodes, &log).await
+        let node = NodeShape {
+            kubelet_version: spec.kube_version,
+            pod_cidr: net.map(Net::pod_cidr),
+        };
+        ensure_nodes(&kube, spec.nodes, &node, &log).await
     };
     tokio::select! {
         r = nodes => r?,
@@ -310,7 +372,12 @@ async fn answers(kubeconfig: &Path) -> bool {
 }
 
 /// Fake nodes that kwok manages, without taints so every pod can be scheduled.
-async fn ensure_nodes(kube: &Kube, count: u32, controller_log: &Path) -> Result<(), ProviderError> {
+async fn ensure_nodes(
+    kube: &Kube,
+    count: u32,
+    shape: &NodeShape<'_>,
+    controller_log: &Path,
+) -> Result<(), ProviderError> {
     let api: kube::Api<Node> = kube::Api::all(kube.client.clone());
     for i in 0..count {
         let name = format!("kwok-node-{i}");
@@ -322,7 +389,7 @@ async fn ensure_nodes(kube: &Kube, count: u32, controller_log: &Path) -> Result<
         {
             continue;
         }
-        let node: Node = serde_json::from_value(node_manifest(&name)).expect("a valid Node");
+        let node: Node = serde_json::from_value(node_manifest(&name, shape)).expect("a valid Node");
         api.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -377,9 +444,20 @@ fn node_ready(n: &Node) -> bool {
     ready && !tainted
 }
 
+/// What a node reports beyond kwok's defaults.
+#[derive(Debug, Default)]
+pub struct NodeShape<'a> {
+    /// The kubelet version the node reports. Istio injects native sidecars when every node's
+    /// kubelet is 1.33 or newer, so the simulated nodes report the real plan's Kubernetes
+    /// version, not kwok's own (`kwok-v0.7.0`).
+    pub kubelet_version: Option<&'a str>,
+    /// The range kwok gives pod addresses from (routed to the cluster's istiod).
+    pub pod_cidr: Option<String>,
+}
+
 /// A node kwok takes over (by its annotation), with room for the whole playground.
-pub fn node_manifest(name: &str) -> serde_json::Value {
-    serde_json::json!({
+pub fn node_manifest(name: &str, shape: &NodeShape<'_>) -> serde_json::Value {
+    let mut node = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -398,7 +476,14 @@ pub fn node_manifest(name: &str) -> serde_json::Value {
             "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
             "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
         },
-    })
+    });
+    if let Some(v) = shape.kubelet_version {
+        node["status"]["nodeInfo"] = serde_json::json!({ "kubeletVersion": v });
+    }
+    if let Some(cidr) = &shape.pod_cidr {
+        node["spec"] = serde_json::json!({ "podCIDR": cidr, "podCIDRs": [cidr] });
+    }
+    node
 }
 
 pub async fn delete(
@@ -408,9 +493,18 @@ pub async fn delete(
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
     if !exists(name, dir, cancel).await? {
+        delete_istiod_net(dir, cancel).await?;
         return Ok(false);
     }
     progress(format!("deleting kwok cluster `{name}`"));
+    let istiod_pid: Option<i32> = std::fs::read_to_string(
+        dir.join("kwok/clusters")
+            .join(name)
+            .join("pids")
+            .join(format!("{}.pid", istiod::COMPONENT)),
+    )
+    .ok()
+    .and_then(|p| p.trim().parse().ok());
     let out = kwokctl(dir)
         .args(["delete", "cluster", "--name", name, "--kubeconfig"])
         .arg(dir.join("kubeconfig"))
@@ -422,11 +516,24 @@ pub async fn delete(
             message: format!("kwokctl delete cluster {name} failed:\n{}", out.tail(15)),
         });
     }
+    if let Some(pid) = istiod_pid {
+        istiod::kill_group(pid);
+    }
+    delete_istiod_net(dir, cancel).await?;
     let _ = std::fs::remove_file(dir.join("kubeconfig"));
     Ok(true)
 }
 
-fn tool(e: ToolError) -> ProviderError {
+/// Removes the network of the cluster's istiod, if it has one.
+async fn delete_istiod_net(dir: &Path, cancel: &CancellationToken) -> Result<(), ProviderError> {
+    if dir.join("istiod-net").is_file() {
+        istiod::delete_net(&istiod::net(dir)?, cancel).await;
+        let _ = std::fs::remove_file(dir.join("istiod-net"));
+    }
+    Ok(())
+}
+
+pub(super) fn tool(e: ToolError) -> ProviderError {
     match e {
         ToolError::Cancelled { .. } => ProviderError::Cancelled,
         other => ProviderError::Tool {

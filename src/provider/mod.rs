@@ -4,6 +4,7 @@
 //! user's `~/.kube/config` unless asked (`--export-kubeconfig`).
 
 pub mod existing;
+pub mod istiod;
 pub mod kind;
 pub mod kwok;
 
@@ -106,6 +107,20 @@ pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
     o.state_dir.join("clusters").join(&plan.cluster.name)
 }
 
+/// Logs of the cluster's own processes that no pod holds: a kwok cluster's istiod.
+pub fn cluster_logs(plan: &Plan, o: &Overrides) -> Vec<PathBuf> {
+    match effective(plan, o) {
+        Provider::Kwok {
+            istiod: Some(_), ..
+        } => vec![kwok::component_log(
+            &cluster_dir(plan, o),
+            &plan.cluster.name,
+            istiod::COMPONENT,
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// Checks preconditions before anything is created.
 pub async fn preflight(
     plan: &Plan,
@@ -118,7 +133,9 @@ pub async fn preflight(
             min_memory_bytes,
             ..
         } => kind::preflight(&port_mappings, min_memory_bytes, &plan.cluster.name, cancel).await,
-        Provider::Kwok { binaries, .. } => kwok::preflight(binaries.as_deref()),
+        Provider::Kwok {
+            binaries, istiod, ..
+        } => kwok::preflight(binaries.as_deref(), istiod.as_deref()),
         Provider::Existing { kubeconfig, .. } => existing::preflight(kubeconfig.as_deref()),
     };
     let mut problems = problems;
@@ -169,6 +186,7 @@ pub async fn ensure(
             binaries,
             apiserver_args,
             kube_version,
+            istiod,
         } => {
             let spec = kwok::Spec {
                 name: &plan.cluster.name,
@@ -176,6 +194,7 @@ pub async fn ensure(
                 binaries: binaries.as_deref(),
                 apiserver_args: &apiserver_args,
                 kube_version: kube_version.as_deref(),
+                istiod: istiod.as_deref(),
             };
             kwok::ensure(&spec, &dir, progress, cancel).await
         }

@@ -105,6 +105,7 @@ fn provider(provider: &Provider) -> String {
             binaries,
             apiserver_args,
             kube_version,
+            istiod,
         } => {
             let mut details = vec![format!(
                 "{nodes} node{}",
@@ -118,6 +119,9 @@ fn provider(provider: &Provider) -> String {
             }
             if !apiserver_args.is_empty() {
                 details.push(format!("apiserver args {}", apiserver_args.join(" ")));
+            }
+            if let Some(path) = istiod {
+                details.push(format!("a real istiod ({})", display_path(path)));
             }
             ("kwok", details)
         }
@@ -205,7 +209,7 @@ mod tests {
                 rollout: vec![("istio-system".into(), "istiod".into())],
                 pods: None,
                 crds: vec!["gateways.networking.istio.io".into()],
-                webhook_probe: vec![],
+                webhook: None,
             }),
         );
         ready.retries = 1;
@@ -305,6 +309,7 @@ mod tests {
             binaries: Some(PathBuf::from("/opt/kwok/bin")),
             apiserver_args: vec!["--max-requests-inflight=800".into()],
             kube_version: Some("v1.33.0".into()),
+            istiod: None,
         };
         let existing = Provider::Existing {
             kubeconfig: None,

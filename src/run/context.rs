@@ -24,6 +24,8 @@ pub struct StepCtx {
     pub artifacts: PathBuf,
     /// The step's time limit, for tools that take one of their own (helm `--timeout`).
     pub timeout: Option<std::time::Duration>,
+    /// Logs of the cluster's own processes, for failure diagnostics.
+    pub cluster_logs: Vec<PathBuf>,
 }
 
 impl StepCtx {
@@ -45,12 +47,19 @@ impl StepCtx {
             cache_dir,
             artifacts,
             timeout: None,
+            cluster_logs: Vec::new(),
         }
     }
 
     /// Sets the step's time limit.
     pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the logs of the cluster's own processes.
+    pub fn with_cluster_logs(mut self, logs: Vec<PathBuf>) -> Self {
+        self.cluster_logs = logs;
         self
     }
 

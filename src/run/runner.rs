@@ -27,6 +27,9 @@ pub struct RunOptions {
     pub skip: BTreeSet<String>,
     pub cache_dir: PathBuf,
     pub artifacts: PathBuf,
+    /// Logs of the cluster's own processes (a kwok cluster's istiod), whose tail goes into a
+    /// failed step's diagnostics.
+    pub cluster_logs: Vec<PathBuf>,
     /// Teardown: undo steps in reverse dependency order.
     pub reverse: bool,
 }
@@ -162,7 +165,8 @@ impl Runner {
                             self.opts.cache_dir.clone(),
                             self.opts.artifacts.clone(),
                         )
-                        .with_timeout(step.timeout);
+                        .with_timeout(step.timeout)
+                        .with_cluster_logs(self.opts.cluster_logs.clone());
                         let reverse = self.opts.reverse;
                         let cancel = self.cancel.clone();
                         tasks.spawn(
@@ -355,7 +359,10 @@ async fn collect_artifacts(step: &Step, ctx: &StepCtx) -> Option<PathBuf> {
         return None;
     }
     let dir = ctx.artifacts.join(&step.id);
-    let collect = crate::kube::diagnostics::collect(kube, &namespaces, &dir);
+    let collect = async {
+        crate::kube::diagnostics::collect(kube, &namespaces, &dir).await?;
+        crate::kube::diagnostics::copy_logs(&ctx.cluster_logs, &dir.join("cluster")).await
+    };
     match tokio::time::timeout(Duration::from_secs(20), collect).await {
         Ok(Ok(())) => Some(dir),
         _ => None,

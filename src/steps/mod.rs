@@ -164,10 +164,11 @@ pub fn describe(step: &Step) -> Vec<String> {
             for c in &w.crds {
                 lines.push(format!("wait for CRD {c} to be established"));
             }
-            for m in &w.webhook_probe {
+            if let Some(h) = &w.webhook {
                 lines.push(format!(
-                    "probe admission with a server-side dry-run of {}",
-                    object_name(&m.object, None)
+                    "wait for webhook {} to deny a server-side dry-run of {}",
+                    h.name,
+                    object_name(&h.probe.object, None)
                 ));
             }
             lines

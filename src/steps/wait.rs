@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, try_join_all};
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::Selector;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use serde::de::DeserializeOwned;
@@ -50,8 +51,8 @@ pub async fn run(w: &model::Wait, ctx: &StepCtx) -> StepResult<Outcome> {
     if let Some(p) = &w.pods {
         waits.push(pods(kube, p, &board).boxed());
     }
-    for m in &w.webhook_probe {
-        waits.push(webhook(kube, &m.object, &board).boxed());
+    if let Some(h) = &w.webhook {
+        waits.push(webhook(kube, h, &board).boxed());
     }
     if waits.is_empty() {
         return Err(StepError::fatal("nothing to wait for"));
@@ -74,7 +75,10 @@ pub async fn run(w: &model::Wait, ctx: &StepCtx) -> StepResult<Outcome> {
         .map(|d| if let Done::Pods(n) = d { *n } else { 0 })
         .sum();
     let crds = done.iter().filter(|d| matches!(d, Done::Crd)).count();
-    let probes = done.iter().filter(|d| matches!(d, Done::Probe)).count();
+    let denied = done.iter().find_map(|d| match d {
+        Done::Probe(name) => Some(name),
+        _ => None,
+    });
     let mut parts = Vec::new();
     if !w.rollout.is_empty() {
         parts.push(format!(
@@ -89,11 +93,8 @@ pub async fn run(w: &model::Wait, ctx: &StepCtx) -> StepResult<Outcome> {
     if crds > 0 {
         parts.push(format!("{crds} CRD{} established", plural(crds)));
     }
-    if probes > 0 {
-        parts.push(format!(
-            "webhooks serving ({probes} probe{} admitted)",
-            plural(probes)
-        ));
+    if let Some(name) = denied {
+        parts.push(format!("webhook {name} serving (it denied the probe)"));
     }
     Ok(Outcome::Unchanged {
         summary: parts.join(", "),
@@ -106,7 +107,8 @@ enum Done {
     Deployments(Vec<String>),
     Pods(usize),
     Crd,
-    Probe,
+    /// The webhook of this name denied the probe.
+    Probe(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -450,50 +452,84 @@ fn pods_display(p: &model::PodsReady) -> String {
     }
 }
 
-/// Probes admission with a server-side dry-run apply of `object`, retried with backoff while
-/// the webhook does not serve yet (its Service has no endpoints, the connection is refused,
-/// the call fails). Any other refusal is an error: the probe object itself is wrong.
-async fn webhook(kube: &Kube, object: &serde_json::Value, board: &Board<'_>) -> StepResult<Done> {
-    let target = kube.locate(object, "default", DISCOVERY_PATIENCE).await?;
-    let scope = format!("webhook {}", target.display());
+/// Probes the webhook with a server-side dry-run apply of an object it must deny, until it
+/// does: only a denial by that webhook proves it serves. An admitted probe proves nothing, since
+/// a webhook is often registered with `failurePolicy: Ignore` until its server patches it to
+/// `Fail` (Istio's are), and then lets everything through while it does not answer. Retried
+/// with backoff while the probe is admitted or the call fails; refused by anything else (the
+/// schema, another webhook), the probe itself is wrong.
+async fn webhook(kube: &Kube, h: &model::WebhookProbe, board: &Board<'_>) -> StepResult<Done> {
+    let target = kube
+        .locate(&h.probe.object, "default", DISCOVERY_PATIENCE)
+        .await?;
+    let scope = format!("webhook {}", h.name);
     let mut delay = PROBE_BACKOFF.0;
     loop {
-        match probe(&target).await {
-            Ok(()) => {
+        let why = match probe(&target, &h.name).await {
+            Probe::Denied => {
                 board.set(
                     &scope,
                     Category::Webhooks,
-                    BTreeMap::from([(target.display(), None)]),
+                    BTreeMap::from([(h.name.clone(), None)]),
                 );
-                return Ok(Done::Probe);
+                return Ok(Done::Probe(h.name.clone()));
             }
-            Err(e) if webhook_not_serving(&e) => {
-                let why = short(&e);
-                board.set(
-                    &scope,
-                    Category::Webhooks,
-                    BTreeMap::from([(target.display(), Some(why))]),
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(PROBE_BACKOFF.1);
-            }
-            Err(e) => {
+            Probe::NotServing(why) => why,
+            Probe::Refused(e) => {
                 return Err(api_error(
-                    format!("the webhook probe {} was refused", target.display()),
+                    format!(
+                        "the webhook probe {} was refused, but not by webhook {}",
+                        target.display(),
+                        h.name
+                    ),
                     e,
                 ));
             }
-        }
+        };
+        board.set(
+            &scope,
+            Category::Webhooks,
+            BTreeMap::from([(h.name.clone(), Some(why))]),
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(PROBE_BACKOFF.1);
     }
 }
 
-async fn probe(target: &Located) -> Result<(), kube::Error> {
+/// What one dry run of a webhook probe showed.
+enum Probe {
+    /// The webhook denied it: it serves.
+    Denied,
+    /// The webhook does not serve yet, and why.
+    NotServing(String),
+    /// Something else refused the probe.
+    Refused(kube::Error),
+}
+
+async fn probe(target: &Located, webhook: &str) -> Probe {
     let pp = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-    target
+    let result = target
         .api
         .patch(&target.name, &pp, &Patch::Apply(&target.object))
-        .await
-        .map(|_| ())
+        .await;
+    match result {
+        Ok(_) => Probe::NotServing(format!(
+            "not serving: the probe was admitted, so webhook {webhook} did not answer (it is \
+             not registered yet, or its failurePolicy lets requests through while it is down)"
+        )),
+        Err(e) if denied_by(&e, webhook) => Probe::Denied,
+        Err(e) if webhook_not_serving(&e) => {
+            Probe::NotServing(format!("not serving: {}", short(&e)))
+        }
+        Err(e) => Probe::Refused(e),
+    }
+}
+
+/// Whether an API error is a denial by the admission webhook `name`: the API server words it
+/// `admission webhook "NAME" denied the request`.
+fn denied_by(e: &kube::Error, name: &str) -> bool {
+    matches!(e, kube::Error::Api(s)
+        if s.message.contains(&format!("admission webhook \"{name}\" denied the request")))
 }
 
 /// Whether an error says an admission webhook is not serving yet, rather than that it
@@ -560,18 +596,27 @@ pub async fn explain(w: &model::Wait, kube: &Kube) -> String {
     if let Some(p) = &w.pods {
         explain_pods(kube, p, now, &mut out).await;
     }
-    for m in &w.webhook_probe {
-        match kube.locate(&m.object, "default", Duration::ZERO).await {
+    if let Some(h) = &w.webhook {
+        match kube
+            .locate(&h.probe.object, "default", Duration::ZERO)
+            .await
+        {
             Err(e) => out.push(format!(
-                "webhook probe {}: {}",
-                crate::steps::object_name(&m.object, None),
+                "webhook {}: its probe {} cannot be sent: {}",
+                h.name,
+                crate::steps::object_name(&h.probe.object, None),
                 e.message
             )),
-            Ok(target) => {
-                if let Err(e) = probe(&target).await {
-                    out.push(format!("webhook probe {}: {}", target.display(), short(&e)));
-                }
-            }
+            Ok(target) => match probe(&target, &h.name).await {
+                Probe::Denied => {}
+                Probe::NotServing(why) => out.push(format!("webhook {}: {why}", h.name)),
+                Probe::Refused(e) => out.push(format!(
+                    "webhook {}: the probe {} was refused by something else: {}",
+                    h.name,
+                    target.display(),
+                    short(&e)
+                )),
+            },
         }
     }
     if out.is_empty() {
@@ -709,9 +754,74 @@ async fn explain_pods(kube: &Kube, p: &model::PodsReady, now: Timestamp, out: &m
         out.push(format!("  pod {}/{pname}: {why}", p.namespace));
         push_events(kube, &p.namespace, "Pod", &pname, now, out).await;
     }
+    let uninjected = p.container.is_some()
+        && waiting.iter().any(|(pod, _)| {
+            !readiness::injected(pod)
+                && !readiness::pod(pod, None, p.container.as_deref()).is_ready()
+        });
+    if uninjected {
+        out.push(format!(
+            "  injection: {}",
+            explain_injection(kube, &p.namespace).await
+        ));
+    }
     if waiting.len() > EXPLAIN_OBJECTS {
         out.push(format!("  and {} more", waiting.len() - EXPLAIN_OBJECTS));
     }
+}
+
+/// Why pods of `ns` may have no sidecar: the namespace's labels, and the mutating webhooks
+/// that select it, with the Service each calls and what happens when it does not answer.
+async fn explain_injection(kube: &Kube, ns: &str) -> String {
+    let namespaces: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
+    let labels = match namespaces.get_opt(ns).await {
+        Ok(Some(n)) => n.metadata.labels.unwrap_or_default(),
+        Ok(None) => return format!("namespace {ns} does not exist"),
+        Err(e) => return format!("cannot read namespace {ns}: {e}"),
+    };
+    let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let configs: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(kube.client.clone());
+    let list = match configs.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) => return format!("cannot list the mutating webhooks: {e}"),
+    };
+    let mut hooks = Vec::new();
+    for c in &list {
+        for w in c.webhooks.iter().flatten() {
+            let selected = w
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| Selector::try_from(s.clone()).is_ok_and(|s| s.matches(&labels)));
+            if !selected {
+                continue;
+            }
+            let target = match &w.client_config.service {
+                Some(s) => format!("Service {}/{}", s.namespace, s.name),
+                None => w.client_config.url.clone().unwrap_or_default(),
+            };
+            hooks.push(format!(
+                "{} ({}, calls {target}, failurePolicy {})",
+                w.name,
+                c.metadata.name.as_deref().unwrap_or_default(),
+                w.failure_policy.as_deref().unwrap_or("Fail")
+            ));
+        }
+    }
+    format!(
+        "pods were created without the sidecar; namespace {ns} has labels [{}]; {}",
+        shown.join(", "),
+        if hooks.is_empty() {
+            "no mutating webhook selects it (is istiod installed, and the namespace labelled \
+             before the pods were created?)"
+                .to_string()
+        } else {
+            format!(
+                "webhooks that select it: {}; a pod created while its webhook did not answer \
+                 keeps no sidecar until it is recreated",
+                hooks.join("; ")
+            )
+        }
+    )
 }
 
 async fn push_events(

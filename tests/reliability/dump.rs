@@ -36,8 +36,9 @@
 //! Everything else (spec, data, labels, annotations, the pinned node ports) must be
 //! identical, except in Istio's validating webhook
 //! configurations (those of the istio-base and istiod releases, `istio-validator-*` and
-//! `istiod-default-validator`): each webhook's `failurePolicy` and `caBundle` belong to
-//! istiod's webhook controller, which sets them at run time; the charts write
+//! `istiod-default-validator`) and the sidecar injector's mutating one
+//! (`istio-sidecar-injector`): each validating webhook's `failurePolicy` and every `caBundle`
+//! (each istiod makes its own CA) belong to istiod's webhook controller, which sets them at run time; the charts write
 //! `failurePolicy: Ignore` on install and nothing on upgrade (which the API server defaults to
 //! `Fail`), so a release upgraded once (say after an interrupted install) differs there.
 
@@ -298,11 +299,12 @@ pub fn normalise(mut o: Value, pinned_node_ports: &BTreeSet<i64>) -> Value {
         remove_keys(tmeta, "annotations", &["kubectl.kubernetes.io/restartedAt"]);
     }
     let release = o["metadata"]["annotations"]["meta.helm.sh/release-name"].as_str();
-    if o["kind"] == "ValidatingWebhookConfiguration"
+    let validating = o["kind"] == "ValidatingWebhookConfiguration";
+    if (validating || o["kind"] == "MutatingWebhookConfiguration")
         && matches!(release, Some("istio-base" | "istiod"))
     {
         for w in o["webhooks"].as_array_mut().into_iter().flatten() {
-            if let Some(w) = w.as_object_mut() {
+            if validating && let Some(w) = w.as_object_mut() {
                 w.remove("failurePolicy");
             }
             if let Some(c) = w.get_mut("clientConfig").and_then(Value::as_object_mut) {

@@ -28,6 +28,7 @@ mod faults;
 mod fuzz;
 mod idempotence;
 mod interrupt;
+mod istiod;
 mod remote;
 mod safety;
 mod secrets;
