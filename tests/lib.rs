@@ -11,5 +11,6 @@ mod kube_patch;
 mod kube_shared;
 mod kube_wait;
 mod pins;
+mod runner_panic;
 mod sim_plan;
 mod testbed_smoke;

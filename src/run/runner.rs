@@ -4,10 +4,12 @@
 //! running steps (their tools' process groups are killed) and skips the rest.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +87,8 @@ impl Runner {
         let mut state = vec![State::Pending; n];
         let mut reports: HashMap<usize, StepReport> = HashMap::new();
         let mut tasks: JoinSet<(usize, StepReport)> = JoinSet::new();
+        // Which step each task runs, for a task that ends without a report.
+        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
         // Cancelled by Ctrl-C (through its parent) or, with --fail-fast, by a failure.
         let stop = self.cancel.child_token();
 
@@ -169,30 +173,47 @@ impl Runner {
                         .with_cluster_logs(self.opts.cluster_logs.clone());
                         let reverse = self.opts.reverse;
                         let cancel = self.cancel.clone();
-                        tasks.spawn(
-                            async move { (i, attempt_loop(step, ctx, reverse, cancel).await) },
-                        );
+                        let task = tasks.spawn(async move {
+                            // A panic is the failure of the step that panicked: caught here,
+                            // inside its own task, so that no other step takes the blame.
+                            let started = Instant::now();
+                            let failed = step.clone();
+                            let run = AssertUnwindSafe(attempt_loop(step, ctx, reverse, cancel));
+                            let r = run.catch_unwind().await.unwrap_or_else(|panic| {
+                                report(
+                                    &failed,
+                                    Outcome::Failed {
+                                        cause: format!(
+                                            "the step panicked (a bug in bookinfo-up): {}",
+                                            panic_message(panic.as_ref())
+                                        ),
+                                    },
+                                    started.elapsed(),
+                                    1,
+                                )
+                            });
+                            (i, r)
+                        });
+                        task_step.insert(task.id(), i);
                         progressed = true;
                     }
                 }
             }
-            let Some(joined) = tasks.join_next().await else {
+            let Some(joined) = tasks.join_next_with_id().await else {
                 break;
             };
             let (i, r) = match joined {
-                Ok(x) => x,
+                Ok((_, x)) => x,
                 Err(e) => {
-                    // A panicking step is a bug; report it as that step's failure.
-                    let i = state
-                        .iter()
-                        .position(|s| matches!(s, State::Running))
-                        .unwrap_or(0);
+                    // Panics are caught inside the task; this is a task that ended otherwise
+                    // (aborted by the runtime's shutdown), reported as its own step's failure.
+                    let i = task_step[&e.id()];
                     (
                         i,
                         report(
                             &steps[i],
                             Outcome::Failed {
-                                cause: format!("the step panicked: {e}"),
+                                cause: format!("the step's task ended without a report: {e}"),
                             },
                             Duration::ZERO,
                             1,
@@ -211,6 +232,15 @@ impl Runner {
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> StepReport {
@@ -234,6 +264,13 @@ async fn attempt_loop(
     let start = Instant::now();
     let mut delay = step.backoff;
     let mut attempt = 0;
+    // A hook for the test that proves a panic is blamed on its own step: debug builds
+    // only, never in a release.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("BOOKINFO_UP_DEBUG_PANIC_IN_STEP").is_some_and(|v| v == step.id.as_str()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        panic!("BOOKINFO_UP_DEBUG_PANIC_IN_STEP names step `{}`", step.id);
+    }
     loop {
         attempt += 1;
         let _ = ctx.events().send(Event::StepStarted {
