@@ -490,8 +490,9 @@ async fn fetch_remote(
                     .await
                     .map_err(|e| format!("step `{}`: {e}", step.id))?;
                 let vars = a.template.then_some(&a.vars);
-                let objects = crate::steps::fetch::objects(u, &text, vars)
-                    .map_err(|e| format!("step `{}`: {e}", step.id))?;
+                let objects =
+                    crate::steps::fetch::objects(u, &text, vars, &|n| std::env::var(n).ok())
+                        .map_err(|e| format!("step `{}`: {e}", step.id))?;
                 a.objects.extend(objects);
             }
             a.urls = urls;

@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::dag;
 use super::model::*;
 use super::raw::*;
+use super::template::{self, Ref, valid_var_name};
 use crate::diag::{Diagnostic, Diagnostics, FileId, Sources, did_you_mean, offset_of};
 
 /// Step kinds as written in plans, for messages.
@@ -398,7 +399,8 @@ impl Analyzer<'_> {
     }
 
     /// Replaces `${name}`, `${env.NAME}` and `${env.NAME:-default}` in `text`; `$${` is a
-    /// literal `${`. `base` is the byte offset of `text` in `file`, for error positions.
+    /// literal `${` (the one engine of `template`). `base` is the byte offset of `text` in
+    /// `file`, for error positions.
     fn expand(
         &mut self,
         text: &str,
@@ -406,88 +408,65 @@ impl Analyzer<'_> {
         base: usize,
         visiting: &mut Vec<String>,
     ) -> Option<String> {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        let mut pos = 0;
-        let mut ok = true;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i..];
-            if let Some(after_escape) = after.strip_prefix("$${") {
-                out.push_str("${");
-                rest = after_escape;
-                pos += i + 3;
-                continue;
-            }
-            if !after.starts_with("${") {
-                out.push('$');
-                rest = &after[1..];
-                pos += i + 1;
-                continue;
-            }
-            let Some(end) = after.find('}') else {
-                self.diags.push(
-                    Diagnostic::new("unclosed `${` in a string")
-                        .at(file, base + pos + i..base + pos + i + 2)
-                        .help("close it with `}`, or write `$${` for a literal `${`"),
-                );
-                return None;
-            };
-            let expr = &after[2..end];
-            let span = base + pos + i..base + pos + i + end + 1;
-            let value = if let Some(env_expr) = expr.strip_prefix("env.") {
-                let (name, default) = match env_expr.split_once(":-") {
-                    Some((n, d)) => (n, Some(d)),
-                    None => (env_expr, None),
-                };
-                match ((self.env)(name), default) {
-                    (Some(v), _) => Some(v),
-                    (None, Some(d)) => Some(d.to_string()),
-                    (None, None) => {
+        let at = |r: Range<usize>| base + r.start..base + r.end;
+        let rendered = template::render(text, |reference, span| {
+            let span = at(span);
+            let value = match reference {
+                Ref::Env { name, default } => {
+                    let value = template::env_value(name, *default, self.env);
+                    if value.is_none() {
                         self.diags.push(
                             Diagnostic::new(format!("environment variable `{name}` is not set"))
                                 .at(file, span)
-                                .help(if ["BOOKINFO_UP_TESTBED_BIN", "BOOKINFO_UP_ISTIO_DIR"].contains(&name) {
+                                .help(if ["BOOKINFO_UP_TESTBED_BIN", "BOOKINFO_UP_ISTIO_DIR"].contains(name) {
                                     // The testbed's variables: say where they come from.
                                     "the testbed sets it: run `just testbed`, then `eval \"$(just testbed-env)\"`".to_string()
                                 } else {
                                     format!("set it, or give a default: `${{env.{name}:-value}}`")
                                 }),
                         );
-                        None
                     }
+                    value
                 }
-            } else if valid_var_name(expr) {
-                if self.vars.contains_key(expr) {
-                    self.resolve_var(expr, visiting)
-                } else {
+                Ref::Var(name) if self.vars.contains_key(*name) => self.resolve_var(name, visiting),
+                Ref::Var(name) => {
                     let names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
                     let mut d =
-                        Diagnostic::new(format!("variable `{expr}` is not set")).at(file, span);
-                    d = match did_you_mean(expr, names) {
+                        Diagnostic::new(format!("variable `{name}` is not set")).at(file, span);
+                    d = match did_you_mean(name, names) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
-                        None => d.help(format!("define it under `[vars]`: {expr} = \"...\"")),
+                        None => d.help(format!("define it under `[vars]`: {name} = \"...\"")),
                     };
                     self.diags.push(d);
                     None
                 }
-            } else {
-                self.diags.push(
-                    Diagnostic::new(format!("`${{{expr}}}` is not a variable reference"))
-                        .at(file, span)
-                        .help("write `${name}` or `${env.NAME}`; `$${` gives a literal `${`"),
-                );
-                None
             };
-            match value {
-                Some(v) => out.push_str(&v),
-                None => ok = false,
+            value.ok_or(())
+        });
+        match rendered {
+            Ok(text) => Some(text),
+            Err(errors) => {
+                for e in errors {
+                    match e {
+                        template::Error::Unclosed { at: span } => self.diags.push(
+                            Diagnostic::new("unclosed `${` in a string")
+                                .at(file, at(span))
+                                .help("close it with `}`, or write `$${` for a literal `${`"),
+                        ),
+                        template::Error::NotAReference { expr, at: span } => self.diags.push(
+                            Diagnostic::new(format!("`${{{expr}}}` is not a variable reference"))
+                                .at(file, at(span))
+                                .help(
+                                    "write `${name}` or `${env.NAME}`; `$${` gives a literal `${`",
+                                ),
+                        ),
+                        // Reported by the lookup itself.
+                        template::Error::Lookup(()) => {}
+                    }
+                }
+                None
             }
-            rest = &after[end + 1..];
-            pos += i + end + 1;
         }
-        out.push_str(rest);
-        ok.then_some(out)
     }
 
     /// Interpolates a plan string; `None` when a diagnostic was recorded.
@@ -1760,13 +1739,6 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn valid_var_name(n: &str) -> bool {
-    n.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 fn valid_dns_label(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
@@ -1799,6 +1771,51 @@ mod tests {
     }
 
     const HEAD: &str = "[plan]\nname = \"t\"\n[cluster]\nprovider = \"existing\"\n";
+
+    /// One template engine: a manifest renders the same from a file (at analysis) and from a
+    /// `file://` URL (fetched at run time), variables, `${env.X}`, defaults and `$${` alike.
+    #[tokio::test]
+    async fn a_manifest_renders_the_same_from_a_file_and_from_a_url() {
+        let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ${name}\ndata:\n  image: ${env.HUB}/app:${env.TAG:-latest}\n  literal: \"$${not.a.var}\"\n  dollar: $5\n";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cm.yaml");
+        std::fs::write(&file, manifest).unwrap();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest.as_bytes()));
+        let plan = format!(
+            "{HEAD}[vars]\nname = \"settings\"\n[[step]]\nid = \"local\"\n[step.apply]\nfiles = [\"{}\"]\ntemplate = true\n[[step]]\nid = \"remote\"\n[step.apply]\nurls = [{{ url = \"file://{}\", sha256 = \"{sha}\" }}]\ntemplate = true\n",
+            file.display(),
+            file.display()
+        );
+        let env = [("HUB", "docker.io/istio")];
+        let plan = analyze(&plan, &[], &env).unwrap();
+        let (Action::Apply(local), Action::Apply(remote)) =
+            (&plan.steps[0].action, &plan.steps[1].action)
+        else {
+            panic!("two apply steps");
+        };
+        let text = crate::steps::fetch::fetch(&remote.urls[0], &dir.path().join("cache"))
+            .await
+            .unwrap();
+        let lookup = |n: &str| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let fetched =
+            crate::steps::fetch::objects(&remote.urls[0], &text, Some(&remote.vars), &lookup)
+                .unwrap();
+        assert_eq!(local.objects.len(), 1);
+        assert_eq!(fetched[0].object, local.objects[0].object);
+        assert_eq!(
+            local.objects[0].object["data"],
+            serde_json::json!({
+                "image": "docker.io/istio/app:latest",
+                "literal": "${not.a.var}",
+                "dollar": "$5"
+            })
+        );
+        assert_eq!(local.objects[0].object["metadata"]["name"], "settings");
+    }
 
     fn exec_command(plan: &Plan) -> Vec<String> {
         match &plan.steps[0].action {

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod dag;
 pub mod model;
 pub mod raw;
+pub mod template;
 
 pub use analyze::load;
 pub use model::*;

@@ -97,16 +97,20 @@ async fn download(url: &str) -> Result<Vec<u8>, FetchError> {
         .to_vec())
 }
 
-/// Parses fetched text into objects, with `${var}` substitution when the step asks for it.
+/// Parses fetched text into objects, templated when the step asks for it, by the same engine
+/// as local manifests (`${var}`, `${env.NAME}`, `$${`), with `env` for the environment.
 pub fn objects(
     u: &PinnedUrl,
     text: &str,
     vars: Option<&std::collections::BTreeMap<String, String>>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<Manifest>, FetchError> {
     let text = match vars {
-        Some(vars) => substitute(text, vars).map_err(|cause| FetchError::Parse {
-            url: u.url.clone(),
-            cause,
+        Some(vars) => crate::plan::template::render_plain(text, vars, env).map_err(|cause| {
+            FetchError::Parse {
+                url: u.url.clone(),
+                cause,
+            }
         })?,
         None => text.to_string(),
     };
@@ -129,27 +133,6 @@ pub fn objects(
         });
     }
     Ok(parsed)
-}
-
-fn substitute(
-    text: &str,
-    vars: &std::collections::BTreeMap<String, String>,
-) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find('}').ok_or("unclosed `${`")?;
-        let name = &after[..end];
-        out.push_str(
-            vars.get(name)
-                .ok_or_else(|| format!("variable `{name}` is not set"))?,
-        );
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -184,7 +167,7 @@ mod tests {
         // With the source gone, the cache still serves it.
         std::fs::remove_file(&src).unwrap();
         assert_eq!(fetch(&u, &cache).await.unwrap(), DOC);
-        assert_eq!(objects(&u, DOC, None).unwrap().len(), 1);
+        assert_eq!(objects(&u, DOC, None, &|_| None).unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -222,7 +205,7 @@ mod tests {
             url: "file:///x".into(),
             sha256: None,
         };
-        let err = objects(&u, "---\n# nothing\n", None)
+        let err = objects(&u, "---\n# nothing\n", None, &|_| None)
             .unwrap_err()
             .to_string();
         assert_eq!(
