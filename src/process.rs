@@ -162,9 +162,11 @@ impl Tool {
                 })
             }
             _ = cancel.cancelled() => {
-                guard.0 = None;
                 let t = std::time::Instant::now();
+                // The guard stays armed through the grace: if this future is dropped meanwhile
+                // (the process exits), the group still gets its SIGKILL.
                 kill_groups(&pids).await;
+                guard.0 = None;
                 register(&pids, false);
                 let _ = handle.kill();
                 tracing::debug!(command = %self.display(), elapsed = ?t.elapsed(), "stopped: the run was cancelled");

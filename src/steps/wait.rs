@@ -37,6 +37,8 @@ const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duratio
 /// How many not-ready objects, and events per object, `explain` shows.
 const EXPLAIN_OBJECTS: usize = 3;
 const EXPLAIN_EVENTS: usize = 5;
+/// How long `explain` waits for a webhook probe.
+const EXPLAIN_PROBE: Duration = Duration::from_secs(4);
 
 pub async fn run(w: &model::Wait, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
@@ -607,14 +609,23 @@ pub async fn explain(w: &model::Wait, kube: &Kube) -> String {
                 crate::steps::object_name(&h.probe.object, None),
                 e.message
             )),
-            Ok(target) => match probe(&target, &h.name).await {
-                Probe::Denied => {}
-                Probe::NotServing(why) => out.push(format!("webhook {}: {why}", h.name)),
-                Probe::Refused(e) => out.push(format!(
+            // The API server waits up to the webhook's own timeout (10 s for Istio's) for a
+            // webhook that does not answer: the explanation does not wait that long.
+            Ok(target) => match tokio::time::timeout(EXPLAIN_PROBE, probe(&target, &h.name)).await {
+                Ok(Probe::Denied) => {}
+                Ok(Probe::NotServing(why)) => out.push(format!("webhook {}: {why}", h.name)),
+                Ok(Probe::Refused(e)) => out.push(format!(
                     "webhook {}: the probe {} was refused by something else: {}",
                     h.name,
                     target.display(),
                     short(&e)
+                )),
+                Err(_) => out.push(format!(
+                    "webhook {}: not serving: a dry run of the probe {} got no answer within {}s \
+                     (the API server is still waiting for the webhook: is its server running?)",
+                    h.name,
+                    target.display(),
+                    EXPLAIN_PROBE.as_secs()
                 )),
             },
         }

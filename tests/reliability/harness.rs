@@ -494,12 +494,14 @@ impl Sim {
 
     /// Live processes started for this state folder (its path in their command line or
     /// `BOOKINFO_UP_STATE_DIR` pointing at it in their environment) other than the cluster's
-    /// components: after a run has exited, any such process is an orphan of that run.
+    /// components and their children (kwokctl starts each component in a session of its own:
+    /// the istiod component's `kubectl wait` is in istiod's): after a run has exited, any such
+    /// process is an orphan of that run.
     pub fn strays(&self) -> Vec<String> {
         let components = self.component_pids();
         marked_processes(self.dir())
             .into_iter()
-            .filter(|(pid, _)| !components.contains(pid))
+            .filter(|(pid, _)| !components.contains(pid) && !components.contains(&session_of(*pid)))
             .map(|(pid, cmd)| format!("{pid}: {cmd}"))
             .collect()
     }
@@ -569,6 +571,18 @@ pub fn kubectl(tb: &Testbed, kubeconfig: &Path, cache: &Path, args: &[&str]) -> 
 
 /// (pid, command line) of live processes (not zombies, not this one) whose command line
 /// contains `dir` or whose environment has `BOOKINFO_UP_STATE_DIR=dir`.
+/// The session id of a process (field 6 of /proc/PID/stat), or 0 when it is gone.
+fn session_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+            let (_, rest) = s.rsplit_once(')')?;
+            rest.split_whitespace().nth(3)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 pub fn marked_processes(dir: &Path) -> Vec<(i32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let env_needle = format!("BOOKINFO_UP_STATE_DIR={needle}");

@@ -1,5 +1,6 @@
-//! Issue #10: the sim's real istiod under faults. istiod SIGKILLed while the `bookinfo` apply
-//! creates the Deployments whose pods it must inject, then started again 3 s later as a
+//! Issue #10: the sim's real istiod under faults. istiod SIGKILLed as the `bookinfo` apply
+//! starts to create the Deployments whose pods it must inject (the ReplicaSets' pod creations
+//! are refused meanwhile, which the test checks), then started again 3 s later as a
 //! kubelet restarts a container: the run completes through retries (or fails naming
 //! injection), and the next run converges to the reference dump. istiod frozen (SIGSTOP)
 //! before `up`: `webhook-ready` fails within its timeout saying the webhook does not serve,
@@ -57,7 +58,7 @@ fn istiod_killed_during_the_bookinfo_apply() {
     sim.prepare();
     let mut run = sim.spawn_up(&["-v"]);
     let line = match run.wait_line(
-        |l| l.contains("step=bookinfo ") && l.contains("applied"),
+        |l| l.contains("started step=bookinfo kind=apply"),
         Duration::from_secs(300),
     ) {
         Ok(l) => l,
@@ -75,6 +76,29 @@ fn istiod_killed_during_the_bookinfo_apply() {
         "istiod killed at {at:.1}s on `{}`, started again 3 s later; run: {}",
         line.split_once(" INFO ").map(|(_, l)| l).unwrap_or(&line),
         faulty.brief()
+    );
+    // The fault hit: pods of the apply were refused while istiod was down.
+    let events = sim.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "bookinfo",
+        "--field-selector",
+        "reason=FailedCreate",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    let refused = events
+        .lines()
+        .filter(|m| m.contains("sidecar-injector.istio.io"))
+        .count();
+    eprintln!(
+        "  {refused} pod creations refused by the injection webhook meanwhile, e.g. {}",
+        events.lines().next().unwrap_or_default()
+    );
+    assert!(
+        refused > 0,
+        "no pod creation was refused: the kill missed the apply\n{events}"
     );
     match faulty.code {
         0 => {}
