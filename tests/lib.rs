@@ -12,4 +12,5 @@ mod kube_shared;
 mod kube_wait;
 mod pins;
 mod sim_plan;
+mod standalone;
 mod testbed_smoke;
