@@ -904,3 +904,98 @@ fn plan_for_down(arg: Option<&Path>, o: &Overrides) -> Result<Option<PlanSource>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides_at(state: &Path) -> Overrides {
+        Overrides {
+            kubeconfig: None,
+            context: None,
+            state_dir: state.to_path_buf(),
+        }
+    }
+
+    fn record(state: &Path, cluster: &str, path: &str, builtin: Option<&str>) {
+        provider::record_plan(
+            &state.join("clusters").join(cluster),
+            &PlanRecord {
+                plan: cluster.into(),
+                path: path.into(),
+                builtin: builtin.map(str::to_string),
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn down_without_a_plan_takes_the_recorded_one() {
+        let state = tempfile::tempdir().unwrap();
+        let o = overrides_at(state.path());
+        assert_eq!(plan_for_down(None, &o), Ok(None));
+
+        record(state.path(), "demo", "/work/demo/plan.toml", None);
+        assert_eq!(
+            plan_for_down(None, &o),
+            Ok(Some(PlanSource {
+                path: "/work/demo/plan.toml".into(),
+                builtin: None
+            }))
+        );
+        // A PLAN given wins over the record.
+        assert_eq!(
+            plan_for_down(Some(Path::new("other.toml")), &o)
+                .unwrap()
+                .unwrap()
+                .path,
+            PathBuf::from("other.toml")
+        );
+
+        provider::forget_plan(&state.path().join("clusters/demo"));
+        record(
+            state.path(),
+            "bookinfo-sim",
+            "/old/copy/plans/sim.toml",
+            Some("sim"),
+        );
+        let source = plan_for_down(None, &o).unwrap().unwrap();
+        assert_eq!(source.builtin, Some("sim"));
+        assert!(
+            source.path.ends_with("plans/sim.toml") && source.path.is_file(),
+            "a built-in plan is this binary's copy: {}",
+            source.path.display()
+        );
+    }
+
+    #[test]
+    fn down_without_a_plan_lists_several_clusters() {
+        let state = tempfile::tempdir().unwrap();
+        record(
+            state.path(),
+            "bookinfo",
+            "/data/plans/bookinfo.toml",
+            Some("bookinfo"),
+        );
+        record(state.path(), "demo", "/work/demo/plan.toml", None);
+        let err = plan_for_down(None, &overrides_at(state.path())).unwrap_err();
+        assert_eq!(
+            err,
+            "error: `bookinfo-up` made 2 clusters; name the plan to take down:\n  \
+             bookinfo-down bookinfo    (cluster `bookinfo`, plan `bookinfo`)\n  \
+             bookinfo-down /work/demo/plan.toml    (cluster `demo`, plan `demo`)"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_line_is_one_shell_word() {
+        assert_eq!(
+            shell_quote("/home/u/.local/state/x"),
+            "/home/u/.local/state/x"
+        );
+        assert_eq!(
+            shell_quote("/home/my user/it's"),
+            r"'/home/my user/it'\''s'"
+        );
+    }
+}
