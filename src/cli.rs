@@ -472,16 +472,13 @@ async fn up(args: UpArgs) -> i32 {
             "checking tools and the cluster's preconditions".into(),
         );
         let found = provider::preflight(&plan, &o, &cancel).await;
-        for (severity, list) in [
-            (Severity::Warning, &found.warnings),
-            (Severity::Error, &found.errors),
-        ] {
-            for problem in list {
-                let _ = tx.send(Event::Problem {
-                    severity,
-                    problem: problem.clone(),
-                });
-            }
+        // Warnings are shown as they are found; errors end the phase as its failure, each
+        // with its fix, so that they are shown once.
+        for problem in &found.warnings {
+            let _ = tx.send(Event::Problem {
+                severity: Severity::Warning,
+                problem: problem.clone(),
+            });
         }
         let failed = (!found.errors.is_empty())
             .then(|| phase_failure("preflight", report::preflight_failure(&found.errors)));
@@ -501,7 +498,7 @@ async fn up(args: UpArgs) -> i32 {
         if access.managed {
             let record = PlanRecord {
                 plan: plan.name.clone(),
-                path: source.path.clone(),
+                path: plan.path.clone(),
                 builtin: source.builtin.map(str::to_string),
             };
             let dir = provider::cluster_dir(&plan, &o);
@@ -685,7 +682,7 @@ async fn down(args: DownArgs) -> i32 {
         Ok(None) => {
             eprintln!(
                 "nothing to take down: no cluster made by `bookinfo-up` is recorded in {}\n  = help: to take down a plan's objects from another cluster, name the plan: `bookinfo-down --context C PLAN`",
-                crate::diag::display_path(&o.state_dir.join("clusters"))
+                o.state_dir.join("clusters").display()
             );
             return 0;
         }
@@ -875,8 +872,12 @@ fn plan_for_down(arg: Option<&Path>, o: &Overrides) -> Result<Option<PlanSource>
     let recorded = provider::recorded_plans(&o.state_dir);
     match recorded.as_slice() {
         [] => Ok(None),
-        [(_, record)] => match &record.builtin {
+        [(cluster, record)] => match &record.builtin {
             Some(name) => resolve_plan(Some(Path::new(name))).map(Some),
+            None if !record.path.is_file() => Err(format!(
+                "error: the plan that made cluster `{cluster}`, `{}`, is gone\n  = help: name a plan with the same `[cluster]`: `bookinfo-down PLAN`",
+                record.path.display()
+            )),
             None => Ok(Some(PlanSource {
                 path: record.path.clone(),
                 builtin: None,
@@ -938,8 +939,19 @@ mod tests {
         record(state.path(), "demo", "/work/demo/plan.toml", None);
         assert_eq!(
             plan_for_down(None, &o),
+            Err(
+                "error: the plan that made cluster `demo`, `/work/demo/plan.toml`, is gone\n  \
+                 = help: name a plan with the same `[cluster]`: `bookinfo-down PLAN`"
+                    .into()
+            )
+        );
+        let plan = state.path().join("plan.toml");
+        std::fs::write(&plan, "").unwrap();
+        record(state.path(), "demo", plan.to_str().unwrap(), None);
+        assert_eq!(
+            plan_for_down(None, &o),
             Ok(Some(PlanSource {
-                path: "/work/demo/plan.toml".into(),
+                path: plan,
                 builtin: None
             }))
         );

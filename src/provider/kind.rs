@@ -160,7 +160,12 @@ pub async fn preflight(
             let why = ["Cannot connect", "executable file not found", "ERROR"]
                 .iter()
                 .find_map(|needle| lines.iter().find(|l| l.contains(needle)))
-                .map(|l| l.trim().to_string())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches("Command Output:")
+                        .trim()
+                        .to_string()
+                })
                 .unwrap_or_else(|| "`kind get clusters` failed".into());
             found.error(Problem {
                 what: format!("kind cannot reach a container runtime: {why}"),
