@@ -369,34 +369,34 @@ pub fn port_problem(
             let why = format!(
                 "host port {port} on 127.0.0.1 is privileged: {who} may not bind ports below {floor} (net.ipv4.ip_unprivileged_port_start)"
             );
-            let rootless = info.is_some_and(|i| i.rootless);
             let fix_port = format!(
                 "map a host port of {floor} or above (the plan's default is 30666), or lower the floor: `sudo sysctl net.ipv4.ip_unprivileged_port_start={port}`"
             );
-            Some(match (engine, rootless) {
-                (Some(e), true) => (
+            // Whether the runtime is rootless is known only when it answered `info`.
+            Some(match (engine, info.map(|i| i.rootless)) {
+                (Some(e), Some(true)) => (
                     Severity::Error,
                     Problem {
                         what: format!("{why}; rootless {} cannot publish it", e.name()),
                         fix: fix_port,
                     },
                 ),
-                (Some(Engine::Podman), false) | (None, _) => (
-                    Severity::Warning,
-                    Problem {
-                        what: format!(
-                            "{why}; rootful Docker or rootful Podman can still publish it, rootless ones cannot"
-                        ),
-                        fix: fix_port,
-                    },
-                ),
-                (Some(Engine::Docker), false) => (
+                (Some(Engine::Docker), Some(false)) => (
                     Severity::Warning,
                     Problem {
                         what: format!(
                             "{why}; rootful Docker publishes it anyway (docker-proxy runs as root), rootless Docker and Podman would not"
                         ),
                         fix: format!("nothing to do with this Docker; elsewhere, {fix_port}"),
+                    },
+                ),
+                _ => (
+                    Severity::Warning,
+                    Problem {
+                        what: format!(
+                            "{why}; rootful Docker or rootful Podman can still publish it, rootless ones cannot"
+                        ),
+                        fix: fix_port,
                     },
                 ),
             })
@@ -764,6 +764,13 @@ mod tests {
                 nobody.clone(),
                 Some(Engine::Podman),
                 rootless,
+            ),
+            (
+                "privileged, Docker not answering",
+                666,
+                nobody.clone(),
+                Some(Engine::Docker),
+                None,
             ),
             ("privileged, runtime unknown", 666, nobody, None, None),
             (
