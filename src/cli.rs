@@ -495,20 +495,6 @@ async fn up(args: UpArgs) -> i32 {
         let access = provider::ensure(&plan, &o, &progress, &cancel)
             .await
             .map_err(|e| phase_failure("cluster", e.to_string()))?;
-        if access.managed {
-            let record = PlanRecord {
-                plan: plan.name.clone(),
-                path: plan.path.clone(),
-                builtin: source.builtin.map(str::to_string),
-            };
-            let dir = provider::cluster_dir(&plan, &o);
-            provider::record_plan(&dir, &record).map_err(|e| {
-                phase_failure(
-                    "cluster",
-                    format!("cannot write the state folder `{}`: {e}", dir.display()),
-                )
-            })?;
-        }
         let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
             .await
             .map_err(|e| phase_failure("cluster", e.chain()))?;
@@ -527,6 +513,22 @@ async fn up(args: UpArgs) -> i32 {
                     .map_err(|e| phase_failure("cluster", e.to_string()))?,
                 Err(e) => return Err(phase_failure("cluster", e.to_string())),
             }
+        }
+        // Which plan made the cluster, for `bookinfo-down` without a PLAN; written once the
+        // cluster is known to be this plan's.
+        if access.managed {
+            let record = PlanRecord {
+                plan: plan.name.clone(),
+                path: plan.path.clone(),
+                builtin: source.builtin.map(str::to_string),
+            };
+            let dir = provider::cluster_dir(&plan, &o);
+            provider::record_plan(&dir, &record).map_err(|e| {
+                phase_failure(
+                    "cluster",
+                    format!("cannot write the state folder `{}`: {e}", dir.display()),
+                )
+            })?;
         }
         if let Some(target) = &args.export_kubeconfig {
             provider::export_kubeconfig(&access, target).map_err(|e| {
