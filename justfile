@@ -12,6 +12,11 @@ default:
 testbed:
     bash testbed/build.sh
 
+# The testbed, built when missing (with everything present: nothing, in well under a second)
+[private]
+testbed-ready:
+    @bash testbed/env.sh >/dev/null 2>&1 || bash testbed/build.sh
+
 # Print `export` lines for the testbed: eval "$(just testbed-env)"
 testbed-env:
     @bash testbed/env.sh
@@ -23,8 +28,8 @@ testbed-clean:
 build:
     cargo build --release
 
-# Every test: unit, plan analysis snapshots, and the live tests on testbed clusters
-test:
+# Every test: unit, plan analysis snapshots, and the live tests on testbed clusters (builds the testbed when missing)
+test: testbed-ready
     {{testbed_env}}; cargo test --all-targets --no-fail-fast
 
 # Formatting, lints, and no `dbg!`/`todo!` on main
@@ -36,12 +41,12 @@ lint:
 # What CI runs after `just testbed`
 ci: lint test
 
-# The seed's flow on a simulated kwok cluster (needs `just testbed`); prints its time
-sim: build
+# The seed's flow on a simulated kwok cluster (builds the testbed when missing); prints its time
+sim: build testbed-ready
     {{testbed_env}}; start=$(date +%s.%N); target/release/bookinfo-up plans/sim.toml; printf "sim took %.2f s\n" "$(echo "$(date +%s.%N) - $start" | bc)"
 
 # Take the simulated cluster down
-sim-down: build
+sim-down: build testbed-ready
     {{testbed_env}}; target/release/bookinfo-down plans/sim.toml
 
 # The real playground on kind (needs Docker and internet)

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,34 +12,35 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::embedded;
 use crate::kube::Kube;
 use crate::plan::{Action, Plan};
-use crate::provider::{self, Overrides, ProviderError};
+use crate::provider::{self, Access, Findings, Overrides, PlanRecord, ProviderError, Severity};
 use crate::report::{self, ReportOptions, ReporterKind};
-use crate::run::{Event, Outcome, RunOptions, RunReport, Runner, StepReport};
+use crate::run::{Event, NextSteps, Outcome, RunOptions, RunReport, Runner, StepReport};
 
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CANCELLED: i32 = 130;
 
-const DEFAULT_PLAN: &str = "plans/bookinfo.toml";
-
 const UP_EXAMPLES: &str = "\
 Examples:
-  bookinfo-up plans/sim.toml                 bring the simulated playground up (kwok)
-  bookinfo-up                                the real one: kind, Istio, Bookinfo (plans/bookinfo.toml)
+  bookinfo-up                                the real playground: kind, Istio, Bookinfo (built-in plan `bookinfo`)
+  bookinfo-up sim                            the same flow on a simulated kwok cluster (built-in plan `sim`)
+  bookinfo-up my/plan.toml                   a plan file
   bookinfo-up --dry-run                      show the waves and what each step would do
-  bookinfo-up --context prod-eu plans/bookinfo.toml
-                                             run the plan against an existing cluster
+  bookinfo-up init plans-here                write the built-in plans and manifests out for editing
+  bookinfo-up --context prod-eu bookinfo     run the plan against an existing cluster
   bookinfo-up --only bookinfo --only ports   run just these steps
   bookinfo-up --output json --junit up.xml   machine-readable summary and a JUnit report
   bookinfo-up completions bash > /etc/bash_completion.d/bookinfo-up";
 
 const DOWN_EXAMPLES: &str = "\
 Examples:
-  bookinfo-down plans/sim.toml               delete the simulated cluster
-  bookinfo-down --keep-cluster               undo the plan's steps, keep the cluster
-  bookinfo-down --context prod-eu            remove only what the plan created there";
+  bookinfo-down                              take down the cluster `bookinfo-up` made
+  bookinfo-down sim                          delete the simulated cluster
+  bookinfo-down --keep-cluster bookinfo      undo the plan's steps, keep the cluster
+  bookinfo-down --context prod-eu bookinfo   remove only what the plan created there";
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -55,9 +56,9 @@ pub enum OutputFormat {
 /// Options shared by both commands.
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    /// The plan file
-    #[arg(value_name = "PLAN", default_value = DEFAULT_PLAN)]
-    pub plan: PathBuf,
+    /// A plan file, or a built-in plan: `bookinfo` (kind; the default of `up`) or `sim` (kwok)
+    #[arg(value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
     /// Print what would be done, touch nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -124,6 +125,15 @@ pub enum UpCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the built-in plans, their manifests and the version pins into DIR, for editing
+    Init {
+        /// Where to write them
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite files that exist
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Parser)]
@@ -144,12 +154,49 @@ pub struct DownArgs {
 /// Entry point of `bookinfo-up`; returns the exit code.
 pub fn up_main() -> i32 {
     let args = UpArgs::parse();
-    if let Some(UpCommand::Completions { shell }) = args.command {
-        let mut cmd = <UpArgs as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut cmd, "bookinfo-up", &mut std::io::stdout());
-        return 0;
+    match args.command {
+        Some(UpCommand::Completions { shell }) => {
+            let mut cmd = <UpArgs as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "bookinfo-up", &mut std::io::stdout());
+            0
+        }
+        Some(UpCommand::Init { dir, force }) => init(&dir, force),
+        None => block_on(up(args)),
     }
-    block_on(up(args))
+}
+
+/// `bookinfo-up init DIR`: the built-in plans, manifests and pins, written out for editing.
+fn init(dir: &Path, force: bool) -> i32 {
+    match embedded::write_tree(dir, force) {
+        Ok(written) => {
+            eprintln!(
+                "wrote {} files into {}",
+                written.len(),
+                crate::diag::display_path(dir)
+            );
+            for (name, file) in embedded::PLANS {
+                eprintln!(
+                    "  {:<9} bookinfo-up {}",
+                    name,
+                    crate::diag::display_path(&dir.join(file))
+                );
+            }
+            0
+        }
+        Err(e @ embedded::InitError::Exists { .. }) => {
+            eprintln!(
+                "error: {e}; nothing was written\n  = help: pass `--force` to overwrite them, or choose another folder"
+            );
+            EXIT_USAGE
+        }
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            eprintln!("error: {e}{cause}");
+            EXIT_FAILED
+        }
+    }
 }
 
 /// Entry point of `bookinfo-down`; returns the exit code.
@@ -168,6 +215,57 @@ fn block_on(command: impl std::future::Future<Output = i32>) -> i32 {
     let code = runtime.block_on(command);
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
+}
+
+/// The plan a command runs: a file, or a built-in plan written out of the binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSource {
+    pub path: PathBuf,
+    /// The built-in plan's name, when it is one.
+    pub builtin: Option<&'static str>,
+}
+
+/// What PLAN means: a built-in plan when it is a bare name (no `/`, no `.toml`), a file
+/// otherwise. Built-in plans are written to the user's data folder first (`embedded`), so
+/// that messages about them point at real files.
+pub fn resolve_plan(arg: Option<&Path>) -> Result<PlanSource, String> {
+    let name = match arg {
+        None => embedded::DEFAULT_PLAN,
+        Some(p) => {
+            let text = p.to_string_lossy();
+            if text.contains('/') || p.extension().is_some_and(|e| e == "toml") {
+                return Ok(PlanSource {
+                    path: p.to_path_buf(),
+                    builtin: None,
+                });
+            }
+            let names: Vec<&str> = embedded::PLANS.iter().map(|(n, _)| *n).collect();
+            match names.iter().copied().find(|n| *n == text) {
+                Some(n) => n,
+                None => {
+                    let hint = crate::diag::did_you_mean(&text, names.iter().copied())
+                        .map(|s| format!("did you mean `{s}`? "))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "error: `{text}` is neither a plan file nor a built-in plan\n  = help: {hint}built-in plans: {}; a plan file is a path (`./{text}`) or ends in `.toml`",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    let file = embedded::plan_file(name).expect("a built-in plan has a file");
+    let dir = embedded::default_dir();
+    let root = embedded::materialize(&dir).map_err(|e| {
+        format!(
+            "error: cannot write the built-in plans to `{}`: {e}\n  = help: set XDG_DATA_HOME to a writable folder, or run a plan file",
+            dir.display()
+        )
+    })?;
+    Ok(PlanSource {
+        path: root.join(file),
+        builtin: Some(name),
+    })
 }
 
 /// Reads and analyzes the plan; prints every problem and returns `None` when there are any.
@@ -321,26 +419,16 @@ fn phase_failure(id: &str, message: String) -> StepReport {
     }
 }
 
-fn preflight_message(e: &ProviderError) -> String {
-    match e {
-        ProviderError::Preflight(problems) => {
-            let mut s = format!(
-                "preflight found {} problem{}; nothing was created",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            for p in problems {
-                s.push_str(&format!("\n  - {}\n    fix: {}", p.what, p.fix));
-            }
-            s
-        }
-        other => other.to_string(),
-    }
-}
-
 async fn up(args: UpArgs) -> i32 {
     let c = &args.common;
-    let Some(mut plan) = load_plan(&c.plan) else {
+    let source = match resolve_plan(c.plan.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(mut plan) = load_plan(&source.path) else {
         return EXIT_USAGE;
     };
     if let Err(e) = check_ids(&plan, &args.only, &args.skip) {
@@ -348,6 +436,12 @@ async fn up(args: UpArgs) -> i32 {
         return EXIT_USAGE;
     }
     if c.dry_run {
+        if let Some(name) = source.builtin {
+            println!(
+                "built-in plan `{name}`, written to {}",
+                source.path.display()
+            );
+        }
         print!("{}", report::dry_run(&plan));
         return 0;
     }
@@ -370,14 +464,28 @@ async fn up(args: UpArgs) -> i32 {
         });
     };
 
+    // Preflight's findings, for the final report; filled before anything else can fail.
+    let findings = std::sync::Mutex::new(Findings::default());
     let setup = async {
         phase(
             "preflight",
             "checking tools and the cluster's preconditions".into(),
         );
-        provider::preflight(&plan, &o, &cancel)
-            .await
-            .map_err(|e| phase_failure("preflight", preflight_message(&e)))?;
+        let found = provider::preflight(&plan, &o, &cancel).await;
+        // Warnings are shown as they are found; errors end the phase as its failure, each
+        // with its fix, so that they are shown once.
+        for problem in &found.warnings {
+            let _ = tx.send(Event::Problem {
+                severity: Severity::Warning,
+                problem: problem.clone(),
+            });
+        }
+        let failed = (!found.errors.is_empty())
+            .then(|| phase_failure("preflight", report::preflight_failure(&found.errors)));
+        *findings.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        if let Some(failure) = failed {
+            return Err(failure);
+        }
         // Remote manifests are fetched and checked against their pins before any cluster is
         // created or touched: a tampered file stops the run with nothing changed.
         fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
@@ -406,6 +514,22 @@ async fn up(args: UpArgs) -> i32 {
                 Err(e) => return Err(phase_failure("cluster", e.to_string())),
             }
         }
+        // Which plan made the cluster, for `bookinfo-down` without a PLAN; written once the
+        // cluster is known to be this plan's.
+        if access.managed {
+            let record = PlanRecord {
+                plan: plan.name.clone(),
+                path: plan.path.clone(),
+                builtin: source.builtin.map(str::to_string),
+            };
+            let dir = provider::cluster_dir(&plan, &o);
+            provider::record_plan(&dir, &record).map_err(|e| {
+                phase_failure(
+                    "cluster",
+                    format!("cannot write the state folder `{}`: {e}", dir.display()),
+                )
+            })?;
+        }
         if let Some(target) = &args.export_kubeconfig {
             provider::export_kubeconfig(&access, target).map_err(|e| {
                 phase_failure(
@@ -418,14 +542,16 @@ async fn up(args: UpArgs) -> i32 {
                 format!("kubeconfig copied to {}", target.display()),
             );
         }
-        Ok(Arc::new(kube))
+        Ok((Arc::new(kube), access))
     };
     let result = unless_cancelled(&cancel, setup)
         .await
         .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
+    let access = result.as_ref().ok().map(|(_, a)| a.clone());
+    let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
 
     let (steps, cancelled) = match result {
-        Ok(kube) => {
+        Ok((kube, _)) => {
             let plan = Arc::new(plan.clone());
             let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
             let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
@@ -436,7 +562,35 @@ async fn up(args: UpArgs) -> i32 {
             (vec![failure], cancel.is_cancelled())
         }
     };
-    finish_run(&plan, "up", steps, started, cancelled, tx, reporter).await
+    let mut report = crate::run::finish(&plan, "up", steps, started, cancelled);
+    report.warnings = findings.warnings;
+    report.errors = findings.errors;
+    if report.success() {
+        report.next_steps = access.map(|a| next_steps(&plan, &a));
+    }
+    finish_run(report, tx, reporter).await
+}
+
+/// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,
+/// then the plan's `[[plan.next]]`.
+pub fn next_steps(plan: &Plan, access: &Access) -> NextSteps {
+    let kubeconfig = access.kubeconfig.display().to_string();
+    NextSteps {
+        kubectl: format!("export KUBECONFIG={}", shell_quote(&kubeconfig)),
+        kubeconfig,
+        context: access.context.clone(),
+        items: plan.next.clone(),
+    }
+}
+
+/// `text` as one shell word: unchanged when it needs no quoting, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 fn run_options(
@@ -503,15 +657,10 @@ async fn fetch_remote(
 }
 
 async fn finish_run(
-    plan: &Plan,
-    command: &str,
-    steps: Vec<StepReport>,
-    started: Instant,
-    cancelled: bool,
+    report: RunReport,
     tx: mpsc::UnboundedSender<Event>,
     reporter: tokio::task::JoinHandle<Option<RunReport>>,
 ) -> i32 {
-    let report = crate::run::finish(plan, command, steps, started, cancelled);
     let code = if report.cancelled {
         EXIT_CANCELLED
     } else if report.success() {
@@ -527,10 +676,24 @@ async fn finish_run(
 
 async fn down(args: DownArgs) -> i32 {
     let c = &args.common;
-    let Some(plan) = load_plan(&c.plan) else {
+    let o = overrides(c);
+    let source = match plan_for_down(c.plan.as_deref(), &o) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "nothing to take down: no cluster made by `bookinfo-up` is recorded in {}\n  = help: to take down a plan's objects from another cluster, name the plan: `bookinfo-down --context C PLAN`",
+                o.state_dir.join("clusters").display()
+            );
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(plan) = load_plan(&source.path) else {
         return EXIT_USAGE;
     };
-    let o = overrides(c);
     let managed = !matches!(
         provider::effective(&plan, &o),
         crate::plan::Provider::Existing { .. }
@@ -681,14 +844,165 @@ async fn down(args: DownArgs) -> i32 {
             failure
         }
     };
-    finish_run(
-        &plan,
-        "down",
-        steps,
-        started,
-        cancel.is_cancelled(),
-        tx,
-        reporter,
-    )
-    .await
+    if steps.iter().any(|s| {
+        s.id == "cluster"
+            && matches!(
+                s.outcome,
+                Outcome::Changed { .. } | Outcome::Unchanged { .. }
+            )
+    }) {
+        // The cluster is gone: `down` without a PLAN no longer finds it.
+        provider::forget_plan(&provider::cluster_dir(&plan, &o));
+    }
+    let report = crate::run::finish(&plan, "down", steps, started, cancel.is_cancelled());
+    finish_run(report, tx, reporter).await
+}
+
+/// The plan `bookinfo-down` runs: PLAN when given, else the one recorded for the only
+/// cluster `up` made. `Ok(None)`: no cluster is recorded, nothing to do.
+fn plan_for_down(arg: Option<&Path>, o: &Overrides) -> Result<Option<PlanSource>, String> {
+    if arg.is_some() {
+        return resolve_plan(arg).map(Some);
+    }
+    let recorded = provider::recorded_plans(&o.state_dir);
+    match recorded.as_slice() {
+        [] => Ok(None),
+        [(cluster, record)] => match &record.builtin {
+            Some(name) => resolve_plan(Some(Path::new(name))).map(Some),
+            None if !record.path.is_file() => Err(format!(
+                "error: the plan that made cluster `{cluster}`, `{}`, is gone\n  = help: name a plan with the same `[cluster]`: `bookinfo-down PLAN`",
+                record.path.display()
+            )),
+            None => Ok(Some(PlanSource {
+                path: record.path.clone(),
+                builtin: None,
+            })),
+        },
+        several => {
+            let lines: Vec<String> = several
+                .iter()
+                .map(|(cluster, r)| {
+                    let plan = r
+                        .builtin
+                        .clone()
+                        .unwrap_or_else(|| r.path.display().to_string());
+                    format!(
+                        "  bookinfo-down {plan}    (cluster `{cluster}`, plan `{}`)",
+                        r.plan
+                    )
+                })
+                .collect();
+            Err(format!(
+                "error: `bookinfo-up` made {} clusters; name the plan to take down:\n{}",
+                several.len(),
+                lines.join("\n")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides_at(state: &Path) -> Overrides {
+        Overrides {
+            kubeconfig: None,
+            context: None,
+            state_dir: state.to_path_buf(),
+        }
+    }
+
+    fn record(state: &Path, cluster: &str, path: &str, builtin: Option<&str>) {
+        provider::record_plan(
+            &state.join("clusters").join(cluster),
+            &PlanRecord {
+                plan: cluster.into(),
+                path: path.into(),
+                builtin: builtin.map(str::to_string),
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn down_without_a_plan_takes_the_recorded_one() {
+        let state = tempfile::tempdir().unwrap();
+        let o = overrides_at(state.path());
+        assert_eq!(plan_for_down(None, &o), Ok(None));
+
+        record(state.path(), "demo", "/work/demo/plan.toml", None);
+        assert_eq!(
+            plan_for_down(None, &o),
+            Err(
+                "error: the plan that made cluster `demo`, `/work/demo/plan.toml`, is gone\n  \
+                 = help: name a plan with the same `[cluster]`: `bookinfo-down PLAN`"
+                    .into()
+            )
+        );
+        let plan = state.path().join("plan.toml");
+        std::fs::write(&plan, "").unwrap();
+        record(state.path(), "demo", plan.to_str().unwrap(), None);
+        assert_eq!(
+            plan_for_down(None, &o),
+            Ok(Some(PlanSource {
+                path: plan,
+                builtin: None
+            }))
+        );
+        // A PLAN given wins over the record.
+        assert_eq!(
+            plan_for_down(Some(Path::new("other.toml")), &o)
+                .unwrap()
+                .unwrap()
+                .path,
+            PathBuf::from("other.toml")
+        );
+
+        provider::forget_plan(&state.path().join("clusters/demo"));
+        record(
+            state.path(),
+            "bookinfo-sim",
+            "/old/copy/plans/sim.toml",
+            Some("sim"),
+        );
+        let source = plan_for_down(None, &o).unwrap().unwrap();
+        assert_eq!(source.builtin, Some("sim"));
+        assert!(
+            source.path.ends_with("plans/sim.toml") && source.path.is_file(),
+            "a built-in plan is this binary's copy: {}",
+            source.path.display()
+        );
+    }
+
+    #[test]
+    fn down_without_a_plan_lists_several_clusters() {
+        let state = tempfile::tempdir().unwrap();
+        record(
+            state.path(),
+            "bookinfo",
+            "/data/plans/bookinfo.toml",
+            Some("bookinfo"),
+        );
+        record(state.path(), "demo", "/work/demo/plan.toml", None);
+        let err = plan_for_down(None, &overrides_at(state.path())).unwrap_err();
+        assert_eq!(
+            err,
+            "error: `bookinfo-up` made 2 clusters; name the plan to take down:\n  \
+             bookinfo-down bookinfo    (cluster `bookinfo`, plan `bookinfo`)\n  \
+             bookinfo-down /work/demo/plan.toml    (cluster `demo`, plan `demo`)"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_line_is_one_shell_word() {
+        assert_eq!(
+            shell_quote("/home/u/.local/state/x"),
+            "/home/u/.local/state/x"
+        );
+        assert_eq!(
+            shell_quote("/home/my user/it's"),
+            r"'/home/my user/it'\''s'"
+        );
+    }
 }

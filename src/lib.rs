@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod diag;
+pub mod embedded;
 pub mod error;
 pub mod kube;
 pub mod plan;

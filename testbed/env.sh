@@ -14,7 +14,7 @@ bin="$TESTBED_DIR/bin"
 istio="$TESTBED_DIR/istio"
 # Needed by kwokctl's binary runtime and by the tests; istioctl is optional (see build.sh).
 missing=()
-for f in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm kind; do
+for f in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm kind pilot-discovery; do
   [[ -x "$bin/$f" ]] || missing+=("$bin/$f")
 done
 [[ -f "$istio/SOURCE" ]] || missing+=("$istio")

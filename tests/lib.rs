@@ -13,4 +13,5 @@ mod kube_wait;
 mod pins;
 mod runner_panic;
 mod sim_plan;
+mod standalone;
 mod testbed_smoke;

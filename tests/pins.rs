@@ -1,5 +1,5 @@
 //! Every sha256 pin of plans/bookinfo.toml matches the file in the testbed's Istio content,
-//! and the pinned URLs name the same Istio commit as the testbed's module version.
+//! and the pinned URLs name a full 40-character commit (ISTIO_ADDONS_COMMIT).
 
 use std::path::Path;
 
@@ -26,10 +26,14 @@ fn addon_pins_match_the_testbed_content() {
     let (sources, plan) = bookinfo_up::plan::load(&plan_path, &|_| None);
     let plan = plan.unwrap_or_else(|d| panic!("{}", d.render(&sources)));
     let v = versions();
-    let commit = &v["ISTIO_COMMIT"];
     assert!(
-        v["ISTIO_MODULE_VERSION"].ends_with(commit.as_str()),
+        v["ISTIO_MODULE_VERSION"].ends_with(v["ISTIO_COMMIT"].as_str()),
         "ISTIO_COMMIT names the module's commit"
+    );
+    let commit = &v["ISTIO_ADDONS_COMMIT"];
+    assert!(
+        commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "ISTIO_ADDONS_COMMIT is a full commit: {commit}"
     );
     let mut checked = 0;
     for step in &plan.steps {

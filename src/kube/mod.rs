@@ -45,6 +45,27 @@ pub struct Kube {
     groups: std::sync::Mutex<HashMap<GroupVersion, Arc<Mutex<Option<Resources>>>>>,
 }
 
+/// The `proxy-url` of the kubeconfig's cluster for `context` (else the current context).
+fn kubeconfig_proxy(config: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let context = context.or(config.current_context.as_deref())?;
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .clone();
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .clone()
+}
+
 impl Kube {
     /// Builds a client from a kubeconfig file and optional context. Makes no API call.
     pub async fn connect(kubeconfig: &Path, context: Option<&str>) -> StepResult<Self> {
@@ -56,6 +77,7 @@ impl Kube {
             context: context.map(str::to_string),
             ..Default::default()
         };
+        let proxy = kubeconfig_proxy(&config, context);
         let mut config = kube::Config::from_custom_kubeconfig(config, &options)
             .await
             .map_err(|e| {
@@ -66,6 +88,19 @@ impl Kube {
                 ))
                 .with_source(e)
             })?;
+        // kube-rs also takes HTTPS_PROXY from the environment; the engine does not. The
+        // clusters it makes listen on 127.0.0.1, which a proxy cannot reach (kubectl, too,
+        // never proxies loopback). A cluster behind a proxy names it in its kubeconfig.
+        config.proxy_url = match proxy {
+            Some(p) => Some(p.parse().map_err(|e| {
+                StepError::fatal(format!(
+                    "kubeconfig `{}` has a `proxy-url` that is not a URL: `{p}`",
+                    kubeconfig.display()
+                ))
+                .with_source(e)
+            })?),
+            None => None,
+        };
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
         let client = kube::Client::try_from(config)

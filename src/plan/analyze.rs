@@ -245,6 +245,18 @@ impl Analyzer<'_> {
             }
         };
 
+        let mut next = Vec::new();
+        for unit in &units {
+            for n in unit.raw.plan.iter().flat_map(|m| &m.next) {
+                if let Some(n) = self.next_step(n, unit.file) {
+                    next.push(n);
+                }
+            }
+        }
+        if !self.diags.is_empty() {
+            return None;
+        }
+
         Some(Plan {
             name,
             description,
@@ -253,6 +265,32 @@ impl Analyzer<'_> {
             teardown,
             steps,
             waves,
+            next,
+        })
+    }
+
+    /// A `[[plan.next]]` entry: a title, and a URL to open, a command to run, or both.
+    fn next_step(&mut self, n: &Spanned<RawNext>, file: FileId) -> Option<NextStep> {
+        let raw = n.get_ref();
+        let title = self.interp(&raw.title, file);
+        let command = raw.command.as_ref().map(|c| self.interp(c, file));
+        let url = raw.url.as_ref().map(|u| self.url(u, file));
+        if command.is_none() && url.is_none() {
+            self.diags.push(
+                Diagnostic::new("a `[[plan.next]]` entry needs a `url`, a `command`, or both")
+                    .at(file, n.span())
+                    .help("e.g. url = \"http://127.0.0.1:30666/productpage\", or command = \"kubectl -n istio-system port-forward svc/grafana 3000\""),
+            );
+            return None;
+        }
+        // `Some(None)`: given, but a diagnostic was recorded for it.
+        if matches!(command, Some(None)) || matches!(url, Some(None)) {
+            return None;
+        }
+        Some(NextStep {
+            title: title?,
+            command: command.flatten(),
+            url: url.flatten(),
         })
     }
 

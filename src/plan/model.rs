@@ -18,6 +18,17 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Indices into `steps`, grouped so that each wave needs only earlier waves.
     pub waves: Vec<Vec<usize>>,
+    /// What to tell the user after a successful `up` (`[[plan.next]]`).
+    pub next: Vec<NextStep>,
+}
+
+/// One pointer shown after a successful `up`: a URL to open, a command to run, or a command
+/// and then the URL it makes reachable (a port-forward).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextStep {
+    pub title: String,
+    pub command: Option<String>,
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -37,6 +37,18 @@ pub struct RawMeta {
     /// Allows `apply` URLs without a sha256 pin.
     #[serde(default)]
     pub allow_unpinned_urls: bool,
+    /// What to tell the user after a successful `up`: URLs, port-forwards.
+    #[serde(default)]
+    pub next: Vec<Spanned<RawNext>>,
+}
+
+/// One `[[plan.next]]` entry: a title and a URL, a command, or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNext {
+    pub title: S,
+    pub command: Option<S>,
+    pub url: Option<S>,
 }
 
 /// A variable value: TOML strings, integers and booleans are all usable in `${...}`.

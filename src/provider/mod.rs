@@ -4,6 +4,7 @@
 //! user's `~/.kube/config` unless asked (`--export-kubeconfig`).
 
 pub mod existing;
+pub mod host_port;
 pub mod istiod;
 pub mod kind;
 pub mod kwok;
@@ -30,17 +31,48 @@ pub struct Access {
 }
 
 /// A precondition that does not hold, with what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     pub what: String,
     pub fix: String,
 }
 
+/// How bad a preflight problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// It may cause trouble: shown with its fix, and the run goes on.
+    Warning,
+    /// It will fail: the run stops before anything is created.
+    Error,
+}
+
+/// What preflight found, sorted by severity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Findings {
+    pub fn add(&mut self, severity: Severity, problem: Problem) {
+        match severity {
+            Severity::Warning => self.warnings.push(problem),
+            Severity::Error => self.errors.push(problem),
+        }
+    }
+
+    pub fn error(&mut self, problem: Problem) {
+        self.add(Severity::Error, problem);
+    }
+
+    pub fn warning(&mut self, problem: Problem) {
+        self.add(Severity::Warning, problem);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// Preflight found problems; nothing was created.
-    #[error("preflight failed: {}", .0.iter().map(|p| p.what.clone()).collect::<Vec<_>>().join("; "))]
-    Preflight(Vec<Problem>),
     /// A provider tool failed.
     #[error("{message}")]
     Tool { message: String },
@@ -121,13 +153,52 @@ pub fn cluster_logs(plan: &Plan, o: &Overrides) -> Vec<PathBuf> {
     }
 }
 
-/// Checks preconditions before anything is created.
-pub async fn preflight(
-    plan: &Plan,
-    o: &Overrides,
-    cancel: &CancellationToken,
-) -> Result<(), ProviderError> {
-    let problems = match effective(plan, o) {
+/// Which plan made a cluster, kept in its state folder, so that `bookinfo-down` without a
+/// PLAN finds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanRecord {
+    /// The plan's name (`[plan] name`).
+    pub plan: String,
+    /// The plan file `up` ran.
+    pub path: PathBuf,
+    /// The built-in plan's name, when it was one: `down` runs the binary's own copy.
+    pub builtin: Option<String>,
+}
+
+const PLAN_RECORD: &str = "plan.json";
+
+/// Records that `record.plan` made the cluster whose state folder is `dir`.
+pub fn record_plan(dir: &Path, record: &PlanRecord) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(record).expect("a record always serializes");
+    std::fs::write(dir.join(PLAN_RECORD), json + "\n")
+}
+
+/// Forgets which plan made the cluster of `dir` (it was deleted).
+pub fn forget_plan(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(PLAN_RECORD));
+}
+
+/// The clusters `up` made that are still recorded, by cluster name.
+pub fn recorded_plans(state_dir: &Path) -> Vec<(String, PlanRecord)> {
+    let mut found: Vec<(String, PlanRecord)> = std::fs::read_dir(state_dir.join("clusters"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join(PLAN_RECORD)).ok()?;
+            let record = serde_json::from_str(&text).ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), record))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Checks preconditions before anything is created. Providers other than kind report
+/// errors only.
+pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Findings {
+    let mut found = match effective(plan, o) {
         Provider::Kind {
             port_mappings,
             min_memory_bytes,
@@ -135,26 +206,27 @@ pub async fn preflight(
         } => kind::preflight(&port_mappings, min_memory_bytes, &plan.cluster.name, cancel).await,
         Provider::Kwok {
             binaries, istiod, ..
-        } => kwok::preflight(binaries.as_deref(), istiod.as_deref()),
-        Provider::Existing { kubeconfig, .. } => existing::preflight(kubeconfig.as_deref()),
+        } => Findings {
+            errors: kwok::preflight(binaries.as_deref(), istiod.as_deref()),
+            warnings: Vec::new(),
+        },
+        Provider::Existing { kubeconfig, .. } => Findings {
+            errors: existing::preflight(kubeconfig.as_deref()),
+            warnings: Vec::new(),
+        },
     };
-    let mut problems = problems;
     if plan
         .steps
         .iter()
         .any(|s| matches!(s.action, crate::plan::Action::Helm(_)))
         && crate::process::which("helm").is_none()
     {
-        problems.push(Problem {
+        found.error(Problem {
             what: "`helm` is not on PATH; the plan has helm steps".into(),
             fix: "install Helm 3 (https://helm.sh/docs/intro/install/), or `eval \"$(just testbed-env)\"` here".into(),
         });
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ProviderError::Preflight(problems))
-    }
+    found
 }
 
 /// Makes sure the cluster exists and returns how to reach it.

@@ -41,6 +41,10 @@ fn write_plan(plan: &Plan, out: &mut String) -> fmt::Result {
             }
         }
     }
+    if !plan.next.is_empty() {
+        writeln!(out, "\nafter a successful up")?;
+        out.push_str(&super::format::next_items(&plan.next, false));
+    }
     Ok(())
 }
 
@@ -164,8 +168,8 @@ mod tests {
 
     use super::*;
     use crate::plan::{
-        Action, Apply, ChartRef, Cluster, Exec, Helm, Http, Manifest, Namespace, PinnedUrl,
-        PortMapping, Teardown, Wait,
+        Action, Apply, ChartRef, Cluster, Exec, Helm, Http, Manifest, Namespace, NextStep,
+        PinnedUrl, PortMapping, Teardown, Wait,
     };
 
     fn step(id: &str, needs: Vec<usize>, action: Action) -> Step {
@@ -294,6 +298,20 @@ mod tests {
                 ),
             ],
             waves: vec![vec![0], vec![1, 3], vec![2], vec![4], vec![5]],
+            next: vec![
+                NextStep {
+                    title: "Bookinfo".into(),
+                    command: None,
+                    url: Some("http://127.0.0.1:30666/productpage".into()),
+                },
+                NextStep {
+                    title: "Grafana".into(),
+                    command: Some(
+                        "kubectl -n istio-system port-forward svc/grafana 3000:3000".into(),
+                    ),
+                    url: Some("http://127.0.0.1:3000".into()),
+                },
+            ],
         }
     }
 

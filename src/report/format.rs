@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
 
-use crate::run::{Outcome, RunReport, StepReport};
+use crate::plan::NextStep;
+use crate::provider::{Problem, Severity};
+use crate::run::{NextSteps, Outcome, RunReport, StepReport};
 
 /// Width of the id column in status lines; longer ids push the rest of the line right.
 const ID_WIDTH: usize = 24;
@@ -159,6 +161,82 @@ pub fn summary_line(report: &RunReport, color: bool) -> String {
         line.push_str(&format!(" ({cancelled})"));
     }
     line
+}
+
+/// A preflight problem as the user reads it: "warning: ..." or "error: ...", then its fix
+/// on the next line.
+pub fn problem_lines(severity: Severity, problem: &Problem, color: bool) -> String {
+    let (label, style) = match severity {
+        Severity::Warning => ("warning", AnsiColor::Yellow.on_default().bold()),
+        Severity::Error => ("error", AnsiColor::Red.on_default().bold()),
+    };
+    format!(
+        "{}: {}\n  fix: {}\n",
+        paint(label, style, color),
+        sanitize(&problem.what),
+        sanitize(&problem.fix)
+    )
+}
+
+/// `problem_lines` without colour, as logs, JUnit and snapshots show it.
+pub fn problem_text(severity: Severity, problem: &Problem) -> String {
+    problem_lines(severity, problem, false)
+}
+
+/// The cause of a failed preflight: how many errors, then each with its fix.
+pub fn preflight_failure(errors: &[Problem]) -> String {
+    let mut out = format!(
+        "preflight found {} error{}; nothing was created",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for e in errors {
+        out.push('\n');
+        out.push_str(problem_text(Severity::Error, e).trim_end());
+    }
+    out
+}
+
+/// The block printed after a successful `up`: the line that points kubectl at the cluster,
+/// then the plan's pointers.
+pub fn next_block(next: &NextSteps, color: bool) -> String {
+    let kubectl = NextStep {
+        title: "kubectl".into(),
+        command: Some(next.kubectl.clone()),
+        url: None,
+    };
+    let items: Vec<NextStep> = std::iter::once(kubectl)
+        .chain(next.items.iter().cloned())
+        .collect();
+    format!(
+        "\n{}\n{}",
+        paint("what next", Style::new().bold(), color),
+        next_items(&items, color)
+    )
+}
+
+/// One line per pointer: its title, then the command to run and the URL it opens.
+pub fn next_items(items: &[NextStep], color: bool) -> String {
+    let width = items
+        .iter()
+        .map(|i| i.title.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for item in items {
+        let url = item
+            .url
+            .as_deref()
+            .map(|u| paint(u, AnsiColor::Cyan.on_default().underline(), color));
+        let what = match (&item.command, url) {
+            (Some(c), Some(u)) => format!("{c}   then {u}"),
+            (Some(c), None) => c.clone(),
+            (None, Some(u)) => u,
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(out, "  {:<width$}  {what}", item.title);
+    }
+    out
 }
 
 /// The marker drawn before a finished step.
@@ -355,6 +433,56 @@ mod tests {
         assert!(colored.contains("\u{1b}["));
         // Colour changes no visible text.
         assert_eq!(sanitize(&colored), plain);
+    }
+
+    #[test]
+    fn problems_and_preflight_failure() {
+        let inotify = Problem {
+            what: "fs.inotify.max_user_instances is 128, below the 512 kind recommends".into(),
+            fix: "sudo sysctl fs.inotify.max_user_instances=512".into(),
+        };
+        let runtime = Problem {
+            what: "kind cannot reach a container runtime: Cannot connect to the Docker daemon"
+                .into(),
+            fix: "start Docker".into(),
+        };
+        let mut out = problem_text(Severity::Warning, &inotify);
+        out.push_str(&problem_text(Severity::Error, &runtime));
+        out.push_str(&preflight_failure(&[runtime.clone(), inotify]));
+        insta::assert_snapshot!(out);
+        assert_eq!(
+            problem_lines(Severity::Warning, &runtime, true)
+                .lines()
+                .next()
+                .unwrap(),
+            "\u{1b}[1m\u{1b}[33mwarning\u{1b}[0m: kind cannot reach a container runtime: Cannot connect to the Docker daemon"
+        );
+    }
+
+    #[test]
+    fn next_steps_block() {
+        let next = NextSteps {
+            kubeconfig: "/home/u/.local/state/bookinfo-up/clusters/bookinfo/kubeconfig".into(),
+            context: Some("kind-bookinfo".into()),
+            kubectl:
+                "export KUBECONFIG=/home/u/.local/state/bookinfo-up/clusters/bookinfo/kubeconfig"
+                    .into(),
+            items: vec![
+                NextStep {
+                    title: "Bookinfo".into(),
+                    command: None,
+                    url: Some("http://127.0.0.1:30666/productpage".into()),
+                },
+                NextStep {
+                    title: "Prometheus".into(),
+                    command: Some(
+                        "kubectl -n istio-system port-forward svc/prometheus 9090:9090".into(),
+                    ),
+                    url: Some("http://127.0.0.1:9090".into()),
+                },
+            ],
+        };
+        insta::assert_snapshot!(next_block(&next, false));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use tokio::time::MissedTickBehavior;
 
 pub use dry_run::dry_run;
 pub use format::{
-    TABLE_WIDTH, final_table, final_table_width, finished_line, format_duration, status_line,
-    summary_line,
+    TABLE_WIDTH, final_table, final_table_width, finished_line, format_duration, next_block,
+    next_items, preflight_failure, problem_lines, problem_text, status_line, summary_line,
 };
 pub use junit::junit_xml;
 
@@ -216,6 +216,12 @@ pub(crate) mod fixtures {
             elapsed: Duration::from_millis(312_400),
             cancelled: false,
             artifacts: Some("target/bookinfo-up/artifacts/20250101-120000".into()),
+            warnings: vec![crate::provider::Problem {
+                what: "fs.inotify.max_user_instances is 128, below the 512 kind recommends".into(),
+                fix: "sudo sysctl fs.inotify.max_user_instances=512".into(),
+            }],
+            errors: Vec::new(),
+            next_steps: None,
         }
     }
 }

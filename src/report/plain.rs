@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use tracing::{debug, error, info, warn};
 
-use super::format::{final_table, first_line, format_duration};
+use super::format::{final_table, first_line, format_duration, next_block};
 use super::{ReportOptions, Reporter, ReporterKind};
+use crate::provider::Severity;
 use crate::run::{Event, Outcome, RunReport};
 
 pub(crate) struct PlainReporter {
@@ -15,6 +16,8 @@ pub(crate) struct PlainReporter {
     /// With `--log-format json` the end of a run is a record too, not a table.
     table: bool,
     color: bool,
+    /// Next steps go into the JSON document instead of the log.
+    output_json: bool,
     /// The last progress message of each running step, so repeats are not logged again.
     progress: HashMap<String, String>,
 }
@@ -26,6 +29,7 @@ impl PlainReporter {
             verbose: opts.verbose,
             table: opts.kind != ReporterKind::Json,
             color: opts.color,
+            output_json: opts.output_json,
             progress: HashMap::new(),
         }
     }
@@ -73,6 +77,14 @@ impl Reporter for PlainReporter {
                     first_line(cause)
                 );
             }
+            Event::Problem { severity, problem } => match severity {
+                Severity::Warning => {
+                    warn!(phase = "preflight", fix = %problem.fix, "warning: {}", problem.what)
+                }
+                Severity::Error => {
+                    error!(phase = "preflight", fix = %problem.fix, "error: {}", problem.what)
+                }
+            },
             Event::StepFinished(step) => {
                 self.progress.remove(&step.id);
                 let elapsed = format_duration(step.elapsed);
@@ -112,9 +124,25 @@ impl Reporter for PlainReporter {
         if self.quiet {
             return;
         }
+        let next = report.next_steps.as_ref().filter(|_| !self.output_json);
         if self.table {
             eprint!("{}", final_table(report, self.color));
+            if let Some(next) = next {
+                eprint!("{}", next_block(next, self.color));
+            }
         } else {
+            if let Some(next) = next {
+                info!(kubeconfig = %next.kubeconfig, "what next: {}", next.kubectl);
+                for item in &next.items {
+                    info!(
+                        title = %item.title,
+                        command = item.command.as_deref(),
+                        url = item.url.as_deref(),
+                        "what next: {}",
+                        item.title
+                    );
+                }
+            }
             info!(
                 plan = %report.plan,
                 steps = report.steps.len(),

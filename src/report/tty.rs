@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anstyle::{AnsiColor, Style};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::format::{final_table_width, finished_line, first_line, paint, status_line};
+use super::format::{
+    final_table_width, finished_line, first_line, next_block, paint, problem_lines, status_line,
+};
 use super::{ReportOptions, Reporter};
 use crate::run::{Event, Outcome, RunReport};
 
@@ -25,6 +27,8 @@ pub(crate) struct TtyReporter {
     quiet: bool,
     verbose: u8,
     color: bool,
+    /// Next steps go into the JSON document instead of the terminal.
+    output_json: bool,
     /// A fixed width for tests; the terminal's otherwise.
     width: Option<usize>,
 }
@@ -55,6 +59,7 @@ impl TtyReporter {
             quiet: opts.quiet,
             verbose: opts.verbose,
             color: opts.color,
+            output_json: opts.output_json,
             width,
         }
     }
@@ -216,6 +221,10 @@ impl Reporter for TtyReporter {
                     self.draw(line);
                 }
             }
+            // Shown even with `--quiet`: a warning is what the user may need to act on.
+            Event::Problem { severity, problem } => {
+                self.print(problem_lines(*severity, problem, self.color).trim_end());
+            }
             Event::StepFinished(step) => {
                 if let Some(line) = self.running.remove(&step.id) {
                     self.remove(&line);
@@ -245,6 +254,9 @@ impl Reporter for TtyReporter {
         match report {
             Some(report) if !self.quiet => {
                 eprint!("\n{}", final_table_width(report, self.color, self.width()));
+                if let Some(next) = report.next_steps.as_ref().filter(|_| !self.output_json) {
+                    eprint!("{}", next_block(next, self.color));
+                }
             }
             Some(_) => {}
             None => eprintln!("the runner stopped without a final report"),

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::plan::NextStep;
+use crate::provider::{Problem, Severity};
+
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
@@ -65,6 +68,25 @@ pub struct RunReport {
     pub cancelled: bool,
     /// Where failure diagnostics were written, if any step failed.
     pub artifacts: Option<String>,
+    /// Preflight problems that may cause trouble; the run went on.
+    pub warnings: Vec<Problem>,
+    /// Preflight problems that stopped the run before anything was created.
+    pub errors: Vec<Problem>,
+    /// How to use what the run brought up; only after a successful `up`.
+    pub next_steps: Option<NextSteps>,
+}
+
+/// What a user does after a successful `up`: the line that points kubectl at the cluster,
+/// then the plan's own pointers (`[[plan.next]]`: URLs, port-forwards).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextSteps {
+    /// The engine's kubeconfig for the cluster.
+    pub kubeconfig: String,
+    /// The context in it, when the provider names one.
+    pub context: Option<String>,
+    /// The shell line to paste: `export KUBECONFIG=...`.
+    pub kubectl: String,
+    pub items: Vec<NextStep>,
 }
 
 impl RunReport {
@@ -108,6 +130,11 @@ pub enum Event {
         attempt: u32,
         cause: String,
         delay: Duration,
+    },
+    /// A preflight problem, as soon as it is known.
+    Problem {
+        severity: Severity,
+        problem: Problem,
     },
     StepFinished(StepReport),
     RunFinished(RunReport),

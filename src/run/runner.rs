@@ -436,5 +436,8 @@ pub fn finish(
         elapsed: started.elapsed(),
         cancelled,
         artifacts,
+        warnings: Vec::new(),
+        errors: Vec::new(),
+        next_steps: None,
     }
 }

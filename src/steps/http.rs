@@ -23,11 +23,19 @@ pub enum Verdict {
     Fail(String),
 }
 
-pub async fn run(h: &Http, ctx: &StepCtx) -> StepResult<Outcome> {
-    let client = reqwest::Client::builder()
+/// The client of checks and traffic. It never uses a proxy from the environment
+/// (`HTTP_PROXY`, `ALL_PROXY`, ...): checks go to 127.0.0.1, where a user's corporate proxy
+/// would answer for the cluster or not at all.
+pub fn client() -> StepResult<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| StepError::fatal("cannot build an HTTP client").with_source(e))?;
+        .map_err(|e| StepError::fatal("cannot build an HTTP client").with_source(e))
+}
+
+pub async fn run(h: &Http, ctx: &StepCtx) -> StepResult<Outcome> {
+    let client = client()?;
     let deadline = tokio::time::Instant::now() + h.deadline;
     let mut delay = Duration::from_millis(250);
     let mut attempt = 0u32;

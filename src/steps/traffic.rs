@@ -1,17 +1,12 @@
 //! `traffic`: sends a number of requests spread evenly over a duration, so that metrics and
 //! Kiali's graph show rates rather than a spike. Changes nothing in the cluster.
 
-use std::time::Duration;
-
 use crate::error::{StepError, StepResult};
 use crate::plan::model::Traffic;
 use crate::run::{Outcome, StepCtx};
 
 pub async fn run(t: &Traffic, ctx: &StepCtx) -> StepResult<Outcome> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| StepError::fatal("cannot build an HTTP client").with_source(e))?;
+    let client = super::http::client()?;
     let mut ticks = tokio::time::interval(t.over / t.requests.max(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut ok, mut failed) = (0u32, 0u32);

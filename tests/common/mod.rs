@@ -13,6 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bookinfo_up::provider::host_port;
+
 /// The steps of plans/sim.toml (the seed's flow), in plan order.
 pub const SIM_STEPS: &[&str] = &[
     "istio-base",
@@ -411,66 +413,19 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
 /// TCP ports in LISTEN state in this network namespace (read from /proc/net/tcp{,6}, which
 /// unlike a test bind cannot steal a port from a component about to bind it).
 fn listening_ports() -> BTreeSet<u16> {
-    listening_sockets()
+    host_port::listening_sockets()
         .into_iter()
-        .map(|(a, _)| a.port())
+        .map(|s| s.addr.port())
         .collect()
-}
-
-/// Sockets in LISTEN state in this network namespace, with their inode, from /proc/net/tcp{,6}.
-fn listening_sockets() -> Vec<(std::net::SocketAddr, u64)> {
-    let mut found = Vec::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(f).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9
-                && cols[3] == "0A"
-                && let Some((addr, port)) = cols[1].rsplit_once(':')
-                && let Ok(port) = u16::from_str_radix(port, 16)
-                && let Some(ip) = proc_net_ip(addr)
-                && let Ok(inode) = cols[9].parse()
-            {
-                found.push((std::net::SocketAddr::new(ip, port), inode));
-            }
-        }
-    }
-    found
-}
-
-/// An address as /proc/net/tcp{,6} prints it: 32-bit words in hex, each in host byte order.
-fn proc_net_ip(hex: &str) -> Option<std::net::IpAddr> {
-    let mut bytes = Vec::new();
-    for i in (0..hex.len()).step_by(8) {
-        let word = u32::from_str_radix(hex.get(i..i + 8)?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    match bytes.len() {
-        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 /// The addresses process `pid` listens on (TCP), matched through its socket inodes.
 pub fn listening_addresses(pid: i32) -> Vec<std::net::SocketAddr> {
-    let inodes: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let inodes: BTreeSet<u64> = host_port::socket_inodes(pid as u32).into_iter().collect();
+    host_port::listening_sockets()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let link = std::fs::read_link(e.path()).ok()?;
-            let link = link.to_string_lossy();
-            link.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
-    listening_sockets()
-        .into_iter()
-        .filter(|(_, inode)| inodes.contains(inode))
-        .map(|(addr, _)| addr)
+        .filter(|s| inodes.contains(&s.inode))
+        .map(|s| s.addr)
         .collect()
 }
 
