@@ -14,4 +14,5 @@ pub mod process;
 pub mod provider;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod steps;

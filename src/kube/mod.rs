@@ -10,6 +10,7 @@ pub mod apply;
 pub mod diagnostics;
 pub mod events;
 pub mod readiness;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

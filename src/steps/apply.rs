@@ -160,7 +160,7 @@ async fn established(kube: &Kube, m: &Manifest) -> StepResult<()> {
         crd = await_condition(api, name, settled) => crd.map_err(|e| {
             StepError::transient(format!("lost the watch on CRD {name}")).with_source(e)
         })?,
-        never = crate::steps::wait::nudge_stuck_crd(kube, name) => match never {},
+        never = crate::kube::watch::nudge_stuck_crd(kube, name) => match never {},
     };
     if let Some(crd) = crd {
         if let Readiness::Failed(why) = readiness::crd(&crd) {

@@ -3,25 +3,25 @@
 //! is a kube-runtime watch with no timeout of its own: the runner bounds the step, and on
 //! timeout calls `explain`, which says what is not ready, why, and the latest events.
 
+mod explain;
+
+pub use explain::explain;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::pin::pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher::{self};
 
 use crate::error::{StepError, StepResult};
 use crate::kube::apply::Located;
@@ -222,68 +222,11 @@ fn describe(scopes: &BTreeMap<String, (Category, BTreeMap<String, Option<String>
     }
 }
 
-/// Watches the objects `api` and `config` select, keeping a local copy of them, and asks
-/// `judge` after every change whether the wait is over. Watch errors are retried with the
-/// watcher's backoff, except a refusal to list or watch at all.
-async fn watch_until<K, T>(
-    api: kube::Api<K>,
-    config: watcher::Config,
-    mut judge: impl FnMut(&BTreeMap<String, K>) -> Option<StepResult<T>>,
-) -> StepResult<T>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    let mut stream = pin!(watcher(api, config).default_backoff());
-    let mut store: BTreeMap<String, K> = BTreeMap::new();
-    let mut listing: BTreeMap<String, K> = BTreeMap::new();
-    let mut synced = false;
-    let name = |o: &K| o.meta().name.clone().unwrap_or_default();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => {
-                listing.clear();
-                continue;
-            }
-            Ok(Event::InitApply(o)) => {
-                listing.insert(name(&o), o);
-                continue;
-            }
-            Ok(Event::InitDone) => {
-                store = std::mem::take(&mut listing);
-                synced = true;
-            }
-            Ok(Event::Apply(o)) => {
-                store.insert(name(&o), o);
-            }
-            Ok(Event::Delete(o)) => {
-                store.remove(&name(&o));
-            }
-            Err(
-                watcher::Error::InitialListFailed(kube::Error::Api(s))
-                | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
-            ) if s.code == 403 || s.code == 401 => {
-                return Err(StepError::fatal(format!(
-                    "not allowed to watch: {}",
-                    s.message
-                )));
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "watch interrupted; resuming");
-                continue;
-            }
-        }
-        if synced && let Some(verdict) = judge(&store) {
-            return verdict;
-        }
-    }
-    Err(StepError::transient("the watch ended"))
-}
-
 async fn crd(kube: &Kube, name: &str, board: &Board<'_>) -> StepResult<Done> {
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
     let scope = format!("crd {name}");
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let watch = watch_until(api, config, |store| {
+    let watch = crate::kube::watch::watch_until(api, config, |store| {
         let status = match store.get(name).map(readiness::crd) {
             None => Some("not found yet".to_string()),
             Some(Readiness::Ready) => None,
@@ -304,62 +247,7 @@ async fn crd(kube: &Kube, name: &str, board: &Board<'_>) -> StepResult<Done> {
     });
     tokio::select! {
         done = watch => done,
-        never = nudge_stuck_crd(kube, name) => match never {},
-    }
-}
-
-/// How long a CRD may stay `Installing` before `nudge_stuck_crd` touches it. A single API
-/// server establishes a CRD at once, several within 5 s.
-const CRD_NUDGE_AFTER: Duration = Duration::from_secs(10);
-/// The annotation `nudge_stuck_crd` adds and removes.
-const CRD_NUDGE_ANNOTATION: &str = "bookinfo-up.io/establish";
-
-/// Gets a CRD stuck at `Established=False` (reason `Installing`) established; never returns.
-///
-/// An API server that restarts while a CRD is `Installing` never establishes it: its
-/// establishing controller is queued only by CRD *update* events
-/// (apiextensions-apiserver's `crdHandler.updateCustomResourceDefinition`), and after a
-/// restart the CRD is only listed. Any update queues it, so a CRD still not established
-/// `CRD_NUDGE_AFTER` after its names were accepted gets an annotation added and removed again:
-/// two updates that leave its content as it was.
-pub(crate) async fn nudge_stuck_crd(kube: &Kube, name: &str) -> std::convert::Infallible {
-    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
-    loop {
-        tokio::time::sleep(CRD_NUDGE_AFTER).await;
-        let Ok(Some(crd)) = api.get_opt(name).await else {
-            continue;
-        };
-        let conditions = crd
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let accepted = conditions
-            .iter()
-            .any(|c| c.type_ == "NamesAccepted" && c.status == "True");
-        let established = conditions
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if !accepted || established {
-            continue;
-        }
-        tracing::debug!(
-            crd = name,
-            "CRD names accepted but not established; touching it"
-        );
-        // A task of its own, so that the CRD becoming established (which ends the wait and
-        // drops this future) cannot come between the two patches and leave the annotation.
-        let (api, name) = (api.clone(), name.to_string());
-        let _ = tokio::spawn(async move {
-            for value in [serde_json::json!("1"), serde_json::Value::Null] {
-                let patch =
-                    serde_json::json!({"metadata": {"annotations": {CRD_NUDGE_ANNOTATION: value}}});
-                let _ = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
-            }
-        })
-        .await;
+        never = crate::kube::watch::nudge_stuck_crd(kube, name) => match never {},
     }
 }
 
@@ -372,7 +260,7 @@ async fn rollout(kube: &Kube, ns: &str, name: &str, board: &Board<'_>) -> StepRe
     } else {
         watcher::Config::default().fields(&format!("metadata.name={name}"))
     };
-    watch_until(api, config, |store| {
+    crate::kube::watch::watch_until(api, config, |store| {
         if store.is_empty() {
             let (what, why) = if every {
                 (format!("{ns}/*"), "no Deployment in the namespace yet")
@@ -415,7 +303,7 @@ async fn pods(kube: &Kube, p: &model::PodsReady, board: &Board<'_>) -> StepResul
     if let Some(selector) = &p.selector {
         config = config.labels(selector);
     }
-    watch_until(api, config, |store| {
+    crate::kube::watch::watch_until(api, config, |store| {
         let live: Vec<(&String, &Pod)> = store
             .iter()
             .filter(|(_, pod)| !readiness::pod_is_gone(pod))
@@ -571,295 +459,6 @@ fn short(e: &kube::Error) -> String {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-/// What of `w` is not ready now and why, with the latest events of those objects (and of the
-/// pods of a Deployment that is not ready), one line each. The runner calls this when the
-/// step times out, to build its error.
-pub async fn explain(w: &model::Wait, kube: &Kube) -> String {
-    let now = Timestamp::now();
-    let mut out = Vec::new();
-    for name in &w.crds {
-        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(kube.client.clone());
-        match api.get_opt(name).await {
-            Ok(None) => out.push(format!("CRD {name}: does not exist")),
-            Ok(Some(c)) => match readiness::crd(&c) {
-                Readiness::Ready => {}
-                Readiness::Waiting(why) | Readiness::Failed(why) => {
-                    out.push(format!("CRD {name}: {why}"))
-                }
-            },
-            Err(e) => out.push(format!("CRD {name}: cannot read it: {e}")),
-        }
-    }
-    for (ns, name) in &w.rollout {
-        explain_rollout(kube, ns, name, now, &mut out).await;
-    }
-    if let Some(p) = &w.pods {
-        explain_pods(kube, p, now, &mut out).await;
-    }
-    if let Some(h) = &w.webhook {
-        match kube
-            .locate(&h.probe.object, "default", Duration::ZERO)
-            .await
-        {
-            Err(e) => out.push(format!(
-                "webhook {}: its probe {} cannot be sent: {}",
-                h.name,
-                crate::steps::object_name(&h.probe.object, None),
-                e.message
-            )),
-            // The API server waits up to the webhook's own timeout (10 s for Istio's) for a
-            // webhook that does not answer: the explanation does not wait that long.
-            Ok(target) => match tokio::time::timeout(EXPLAIN_PROBE, probe(&target, &h.name)).await {
-                Ok(Probe::Denied) => {}
-                Ok(Probe::NotServing(why)) => out.push(format!("webhook {}: {why}", h.name)),
-                Ok(Probe::Refused(e)) => out.push(format!(
-                    "webhook {}: the probe {} was refused by something else: {}",
-                    h.name,
-                    target.display(),
-                    short(&e)
-                )),
-                Err(_) => out.push(format!(
-                    "webhook {}: not serving: a dry run of the probe {} got no answer within {}s \
-                     (the API server is still waiting for the webhook: is its server running?)",
-                    h.name,
-                    target.display(),
-                    EXPLAIN_PROBE.as_secs()
-                )),
-            },
-        }
-    }
-    if out.is_empty() {
-        "everything this step waits for is ready now".to_string()
-    } else {
-        out.join("\n")
-    }
-}
-
-async fn explain_rollout(kube: &Kube, ns: &str, name: &str, now: Timestamp, out: &mut Vec<String>) {
-    let api: kube::Api<Deployment> = kube::Api::namespaced(kube.client.clone(), ns);
-    let deployments = if name == "*" {
-        match api.list(&ListParams::default()).await {
-            Ok(list) if list.items.is_empty() => {
-                out.push(format!("namespace {ns} has no Deployment"));
-                return;
-            }
-            Ok(list) => list.items,
-            Err(e) => {
-                out.push(format!("cannot list the deployments of {ns}: {e}"));
-                return;
-            }
-        }
-    } else {
-        match api.get_opt(name).await {
-            Ok(Some(d)) => vec![d],
-            Ok(None) => {
-                out.push(format!("deployment {ns}/{name}: does not exist"));
-                return;
-            }
-            Err(e) => {
-                out.push(format!("deployment {ns}/{name}: cannot read it: {e}"));
-                return;
-            }
-        }
-    };
-    for d in deployments {
-        let why = match readiness::deployment(&d) {
-            Readiness::Ready => continue,
-            Readiness::Waiting(why) | Readiness::Failed(why) => why,
-        };
-        let dname = d.metadata.name.clone().unwrap_or_default();
-        out.push(format!("deployment {ns}/{dname}: {why}"));
-        push_events(kube, ns, "Deployment", &dname, now, out).await;
-        let Some(selector) = d
-            .spec
-            .as_ref()
-            .and_then(|s| Selector::try_from(s.selector.clone()).ok())
-        else {
-            continue;
-        };
-        let lp = ListParams::default().labels_from(&selector);
-        // The newest ReplicaSet says why pods could not be created (quota, admission).
-        let replicasets: kube::Api<ReplicaSet> = kube::Api::namespaced(kube.client.clone(), ns);
-        if let Ok(list) = replicasets.list(&lp).await
-            && let Some(rs) = list
-                .items
-                .iter()
-                .filter(|rs| {
-                    rs.metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .any(|o| o.uid == d.metadata.uid.clone().unwrap_or_default())
-                })
-                .max_by_key(|rs| revision(rs))
-        {
-            push_events(
-                kube,
-                ns,
-                "ReplicaSet",
-                rs.metadata.name.as_deref().unwrap_or_default(),
-                now,
-                out,
-            )
-            .await;
-        }
-        let pods: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), ns);
-        match pods.list(&lp).await {
-            Ok(list) => {
-                for pod in list.items.iter().filter(|p| !readiness::pod_is_gone(p)) {
-                    if let Readiness::Waiting(why) = readiness::pod(pod, None, None) {
-                        let pname = pod.metadata.name.clone().unwrap_or_default();
-                        out.push(format!("  pod {ns}/{pname}: {why}"));
-                        push_events(kube, ns, "Pod", &pname, now, out).await;
-                    }
-                }
-            }
-            Err(e) => out.push(format!("  cannot list its pods: {e}")),
-        }
-    }
-}
-
-async fn explain_pods(kube: &Kube, p: &model::PodsReady, now: Timestamp, out: &mut Vec<String>) {
-    let api: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), &p.namespace);
-    let mut lp = ListParams::default();
-    if let Some(s) = &p.selector {
-        lp = lp.labels(s);
-    }
-    let list = match api.list(&lp).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            out.push(format!("cannot list {}: {e}", pods_display(p)));
-            return;
-        }
-    };
-    let live: Vec<&Pod> = list
-        .iter()
-        .filter(|pod| !readiness::pod_is_gone(pod))
-        .collect();
-    if live.is_empty() {
-        out.push(format!("{}: none exist", pods_display(p)));
-        return;
-    }
-    let waiting: Vec<(&Pod, String)> = live
-        .iter()
-        .filter_map(
-            |pod| match readiness::pod(pod, p.containers, p.container.as_deref()) {
-                Readiness::Ready => None,
-                Readiness::Waiting(why) | Readiness::Failed(why) => Some((*pod, why)),
-            },
-        )
-        .collect();
-    if waiting.is_empty() {
-        return;
-    }
-    out.push(format!(
-        "{}: {}/{} not ready",
-        pods_display(p),
-        waiting.len(),
-        live.len()
-    ));
-    for (pod, why) in waiting.iter().take(EXPLAIN_OBJECTS) {
-        let pname = pod.metadata.name.clone().unwrap_or_default();
-        out.push(format!("  pod {}/{pname}: {why}", p.namespace));
-        push_events(kube, &p.namespace, "Pod", &pname, now, out).await;
-    }
-    let uninjected = p.container.is_some()
-        && waiting.iter().any(|(pod, _)| {
-            !readiness::injected(pod)
-                && !readiness::pod(pod, None, p.container.as_deref()).is_ready()
-        });
-    if uninjected {
-        out.push(format!(
-            "  injection: {}",
-            explain_injection(kube, &p.namespace).await
-        ));
-    }
-    if waiting.len() > EXPLAIN_OBJECTS {
-        out.push(format!("  and {} more", waiting.len() - EXPLAIN_OBJECTS));
-    }
-}
-
-/// Why pods of `ns` may have no sidecar: the namespace's labels, and the mutating webhooks
-/// that select it, with the Service each calls and what happens when it does not answer.
-async fn explain_injection(kube: &Kube, ns: &str) -> String {
-    let namespaces: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
-    let labels = match namespaces.get_opt(ns).await {
-        Ok(Some(n)) => n.metadata.labels.unwrap_or_default(),
-        Ok(None) => return format!("namespace {ns} does not exist"),
-        Err(e) => return format!("cannot read namespace {ns}: {e}"),
-    };
-    let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let configs: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(kube.client.clone());
-    let list = match configs.list(&ListParams::default()).await {
-        Ok(l) => l.items,
-        Err(e) => return format!("cannot list the mutating webhooks: {e}"),
-    };
-    let mut hooks = Vec::new();
-    for c in &list {
-        for w in c.webhooks.iter().flatten() {
-            let selected = w
-                .namespace_selector
-                .as_ref()
-                .is_none_or(|s| Selector::try_from(s.clone()).is_ok_and(|s| s.matches(&labels)));
-            if !selected {
-                continue;
-            }
-            let target = match &w.client_config.service {
-                Some(s) => format!("Service {}/{}", s.namespace, s.name),
-                None => w.client_config.url.clone().unwrap_or_default(),
-            };
-            hooks.push(format!(
-                "{} ({}, calls {target}, failurePolicy {})",
-                w.name,
-                c.metadata.name.as_deref().unwrap_or_default(),
-                w.failure_policy.as_deref().unwrap_or("Fail")
-            ));
-        }
-    }
-    format!(
-        "pods were created without the sidecar; namespace {ns} has labels [{}]; {}",
-        shown.join(", "),
-        if hooks.is_empty() {
-            "no mutating webhook selects it (is istiod installed, and the namespace labelled \
-             before the pods were created?)"
-                .to_string()
-        } else {
-            format!(
-                "webhooks that select it: {}; a pod created while its webhook did not answer \
-                 keeps no sidecar until it is recreated",
-                hooks.join("; ")
-            )
-        }
-    )
-}
-
-async fn push_events(
-    kube: &Kube,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    now: Timestamp,
-    out: &mut Vec<String>,
-) {
-    match kube.latest_events(ns, kind, name, EXPLAIN_EVENTS).await {
-        Ok(list) => {
-            for line in events::format(&list, now) {
-                out.push(format!("    {kind} {name}: {line}"));
-            }
-        }
-        Err(e) => out.push(format!("    {}", e.message)),
-    }
-}
-
-fn revision(rs: &ReplicaSet) -> u64 {
-    rs.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! `bookinfo-up`: preflight, remote manifests, the cluster and its owner, then the runner;
+//! the report says what to do next.
+
+use std::sync::Arc;
+
+use super::{CANCELLED, Session, fetch_remote, phase_failure, run_options, unless_cancelled};
+use crate::cli::{EXIT_USAGE, UpArgs, check_ids, load_plan, overrides, resolve_plan};
+use crate::kube::Kube;
+use crate::plan::Plan;
+use crate::provider::{self, Access, Findings, PlanRecord, ProviderError, Severity};
+use crate::report;
+use crate::run::{Event, NextSteps, Runner};
+
+/// Runs `bookinfo-up` to its exit code.
+pub async fn up(args: UpArgs) -> i32 {
+    let c = &args.common;
+    let source = match resolve_plan(c.plan.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(mut plan) = load_plan(&source.path) else {
+        return EXIT_USAGE;
+    };
+    if let Err(e) = check_ids(&plan, &args.only, &args.skip) {
+        eprintln!("{e}");
+        return EXIT_USAGE;
+    }
+    if c.dry_run {
+        if let Some(name) = source.builtin {
+            println!(
+                "built-in plan `{name}`, written to {}",
+                source.path.display()
+            );
+        }
+        print!("{}", report::dry_run(&plan));
+        return 0;
+    }
+    let o = overrides(c);
+    let session = Session::start(c, &plan);
+    let cancel = session.cancel.clone();
+    let tx = session.events();
+    let phase = |name: &str, message: String| session.phase(name, message);
+
+    // Preflight's findings, for the final report; filled before anything else can fail.
+    let findings = std::sync::Mutex::new(Findings::default());
+    let setup = async {
+        phase(
+            "preflight",
+            "checking tools and the cluster's preconditions".into(),
+        );
+        let found = provider::preflight(&plan, &o, &cancel).await;
+        // Warnings are shown as they are found; errors end the phase as its failure, each
+        // with its fix, so that they are shown once.
+        for problem in &found.warnings {
+            let _ = tx.send(Event::Problem {
+                severity: Severity::Warning,
+                problem: problem.clone(),
+            });
+        }
+        let failed = (!found.errors.is_empty())
+            .then(|| phase_failure("preflight", report::preflight_failure(&found.errors)));
+        *findings.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        if let Some(failure) = failed {
+            return Err(failure);
+        }
+        // Remote manifests are fetched and checked against their pins before any cluster is
+        // created or touched: a tampered file stops the run with nothing changed.
+        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
+            .await
+            .map_err(|e| phase_failure("fetch", e))?;
+        let progress = |m: String| phase("cluster", m);
+        let access = provider::ensure(&plan, &o, &progress, &cancel)
+            .await
+            .map_err(|e| phase_failure("cluster", e.to_string()))?;
+        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
+            .await
+            .map_err(|e| phase_failure("cluster", e.chain()))?;
+        if access.managed {
+            match provider::owner(&kube).await {
+                Ok(Some(owner)) if owner != plan.name => {
+                    let e = ProviderError::NotOurs {
+                        cluster: plan.cluster.name.clone(),
+                        owner,
+                        plan: plan.name.clone(),
+                    };
+                    return Err(phase_failure("cluster", e.to_string()));
+                }
+                Ok(_) => provider::mark_owner(&kube, &plan.name)
+                    .await
+                    .map_err(|e| phase_failure("cluster", e.to_string()))?,
+                Err(e) => return Err(phase_failure("cluster", e.to_string())),
+            }
+        }
+        // Which plan made the cluster, for `bookinfo-down` without a PLAN; written once the
+        // cluster is known to be this plan's.
+        if access.managed {
+            let record = PlanRecord {
+                plan: plan.name.clone(),
+                path: plan.path.clone(),
+                builtin: source.builtin.map(str::to_string),
+            };
+            let dir = provider::cluster_dir(&plan, &o);
+            provider::record_plan(&dir, &record).map_err(|e| {
+                phase_failure(
+                    "cluster",
+                    format!("cannot write the state folder `{}`: {e}", dir.display()),
+                )
+            })?;
+        }
+        if let Some(target) = &args.export_kubeconfig {
+            provider::export_kubeconfig(&access, target).map_err(|e| {
+                phase_failure(
+                    "cluster",
+                    format!("cannot write `{}`: {e}", target.display()),
+                )
+            })?;
+            phase(
+                "cluster",
+                format!("kubeconfig copied to {}", target.display()),
+            );
+        }
+        Ok((Arc::new(kube), access))
+    };
+    let result = unless_cancelled(&cancel, setup)
+        .await
+        .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
+    let access = result.as_ref().ok().map(|(_, a)| a.clone());
+    let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
+
+    let steps = match result {
+        Ok((kube, _)) => {
+            let plan = Arc::new(plan.clone());
+            let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
+            let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
+            runner.run().await
+        }
+        Err(failure) => {
+            let _ = tx.send(Event::StepFinished(failure.clone()));
+            vec![failure]
+        }
+    };
+    let mut report = session.report(&plan, "up", steps);
+    report.warnings = findings.warnings;
+    report.errors = findings.errors;
+    if report.success() {
+        report.next_steps = access.map(|a| next_steps(&plan, &a));
+    }
+    drop(tx);
+    session.finish(report).await
+}
+
+/// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,
+/// then the plan's `[[plan.next]]`.
+pub fn next_steps(plan: &Plan, access: &Access) -> NextSteps {
+    let kubeconfig = access.kubeconfig.display().to_string();
+    NextSteps {
+        kubectl: format!("export KUBECONFIG={}", shell_quote(&kubeconfig)),
+        kubeconfig,
+        context: access.context.clone(),
+        items: plan.next.clone(),
+    }
+}
+
+/// `text` as one shell word: unchanged when it needs no quoting, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_line_is_one_shell_word() {
+        assert_eq!(
+            shell_quote("/home/u/.local/state/x"),
+            "/home/u/.local/state/x"
+        );
+        assert_eq!(
+            shell_quote("/home/my user/it's"),
+            r"'/home/my user/it'\''s'"
+        );
+    }
+}
