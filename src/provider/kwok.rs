@@ -141,17 +141,7 @@ pub async fn exists(
     dir: &Path,
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
-    let out = kwokctl(dir)
-        .args(["get", "clusters"])
-        .run(cancel)
-        .await
-        .map_err(tool)?;
-    if !out.success {
-        return Err(ProviderError::Tool {
-            message: format!("kwokctl get clusters failed:\n{}", out.tail(10)),
-        });
-    }
-    Ok(out.stdout.lines().any(|l| l.trim() == name))
+    super::lists_cluster(kwokctl(dir), name, tool, cancel).await
 }
 
 pub async fn ensure(

@@ -139,6 +139,28 @@ pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
     o.state_dir.join("clusters").join(&plan.cluster.name)
 }
 
+/// Whether `<tool> get clusters` (kind, kwokctl) lists cluster `name`; `error` maps the
+/// tool's own failures.
+async fn lists_cluster(
+    tool: crate::process::Tool,
+    name: &str,
+    error: fn(crate::process::ToolError) -> ProviderError,
+    cancel: &CancellationToken,
+) -> Result<bool, ProviderError> {
+    let program = tool.program().to_string();
+    let out = tool
+        .args(["get", "clusters"])
+        .run(cancel)
+        .await
+        .map_err(error)?;
+    if !out.success {
+        return Err(ProviderError::Tool {
+            message: format!("{program} get clusters failed:\n{}", out.tail(10)),
+        });
+    }
+    Ok(out.stdout.lines().any(|l| l.trim() == name))
+}
+
 /// Logs of the cluster's own processes that no pod holds: a kwok cluster's istiod.
 pub fn cluster_logs(plan: &Plan, o: &Overrides) -> Vec<PathBuf> {
     match effective(plan, o) {

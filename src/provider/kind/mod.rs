@@ -141,17 +141,7 @@ async fn exists_with(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
-    let out = kind
-        .args(["get", "clusters"])
-        .run(cancel)
-        .await
-        .map_err(tool)?;
-    if !out.success {
-        return Err(ProviderError::Tool {
-            message: format!("kind get clusters failed:\n{}", out.tail(10)),
-        });
-    }
-    Ok(out.stdout.lines().any(|l| l.trim() == name))
+    super::lists_cluster(kind, name, tool, cancel).await
 }
 
 pub async fn ensure(
