@@ -96,28 +96,6 @@ pub struct Step {
     pub action: Action,
 }
 
-impl Step {
-    /// The step kind's name as written in plans.
-    pub fn kind(&self) -> &'static str {
-        match &self.action {
-            Action::Helm(_) => "helm",
-            Action::Apply(_) => "apply",
-            Action::Namespace(_) => "namespace",
-            Action::Patch(_) => "patch",
-            Action::ConfigMerge(_) => "patch",
-            Action::Wait(_) => "wait",
-            Action::Http(_) => "http",
-            Action::Traffic(_) => "traffic",
-            Action::Exec(_) => "exec",
-        }
-    }
-
-    /// Checks verify and change nothing; JUnit reports them as such.
-    pub fn is_check(&self) -> bool {
-        matches!(self.action, Action::Wait(_) | Action::Http(_))
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {

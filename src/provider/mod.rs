@@ -237,16 +237,21 @@ pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -
             warnings: Vec::new(),
         },
     };
-    if plan
+    let tools: std::collections::BTreeSet<&str> = plan
         .steps
         .iter()
-        .any(|s| matches!(s.action, crate::plan::Action::Helm(_)))
-        && crate::process::which("helm").is_none()
-    {
-        found.error(Problem {
-            what: "`helm` is not on PATH; the plan has helm steps".into(),
-            fix: "install Helm 3 (https://helm.sh/docs/intro/install/), or `eval \"$(just testbed-env)\"` here".into(),
-        });
+        .flat_map(|s| s.tools().iter().copied())
+        .collect();
+    for tool in tools {
+        if crate::process::which(tool).is_none() {
+            found.error(Problem {
+                what: format!("`{tool}` is not on PATH; the plan has {tool} steps"),
+                fix: match tool {
+                    "helm" => "install Helm 3 (https://helm.sh/docs/intro/install/), or `eval \"$(just testbed-env)\"` here".into(),
+                    other => format!("install {other}"),
+                },
+            });
+        }
     }
     found
 }

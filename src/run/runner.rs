@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Event, Outcome, RunReport, StepCtx, StepReport};
 use crate::error::StepError;
 use crate::kube::Kube;
-use crate::plan::{Action, Plan, Step};
+use crate::plan::{Plan, Step};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -337,61 +337,20 @@ async fn attempt_loop(
 async fn timed_out(step: &Step, ctx: &StepCtx) -> StepError {
     let limit = humantime::format_duration(step.timeout);
     let mut message = format!("step `{}` timed out after {limit}", step.id);
-    if let (Action::Wait(w), Ok(kube)) = (&step.action, ctx.kube()) {
-        let why = tokio::time::timeout(
-            Duration::from_secs(10),
-            crate::steps::wait::explain(w, kube),
-        )
-        .await;
-        if let Ok(why) = why {
-            message.push_str(":\n");
-            message.push_str(&why);
-        }
+    if let Ok(kube) = ctx.kube()
+        && let Ok(Some(why)) =
+            tokio::time::timeout(Duration::from_secs(10), step.explain_timeout(kube)).await
+    {
+        message.push_str(":\n");
+        message.push_str(&why);
     }
     StepError::fatal(message)
-}
-
-/// Namespaces a step touches, for failure diagnostics.
-fn namespaces_of(step: &Step) -> Vec<String> {
-    let mut ns = BTreeSet::new();
-    match &step.action {
-        Action::Helm(h) => {
-            ns.insert(h.namespace.clone());
-        }
-        Action::Apply(a) => {
-            ns.extend(a.namespace.clone());
-            for m in &a.objects {
-                if let Some(n) = m.object["metadata"]["namespace"].as_str() {
-                    ns.insert(n.to_string());
-                }
-            }
-        }
-        Action::Namespace(n) => {
-            ns.insert(n.name.clone());
-        }
-        Action::ConfigMerge(c) => {
-            ns.insert(c.namespace.clone());
-        }
-        Action::Wait(w) => {
-            ns.extend(w.rollout.iter().map(|(n, _)| n.clone()));
-            ns.extend(w.pods.as_ref().map(|p| p.namespace.clone()));
-        }
-        Action::Patch(p) => {
-            for m in &p.objects {
-                if let Some(n) = m.object["metadata"]["namespace"].as_str() {
-                    ns.insert(n.to_string());
-                }
-            }
-        }
-        Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => {}
-    }
-    ns.into_iter().collect()
 }
 
 /// Writes events, pod statuses and logs of the step's namespaces; returns the folder.
 async fn collect_artifacts(step: &Step, ctx: &StepCtx) -> Option<PathBuf> {
     let kube = ctx.kube().ok()?;
-    let namespaces = namespaces_of(step);
+    let namespaces = step.namespaces();
     if namespaces.is_empty() {
         return None;
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{CANCELLED, Session, fetch_remote, phase_failure, run_options, unless_cancelled};
 use crate::cli::{DownArgs, EXIT_USAGE, PlanSource, load_plan, overrides, resolve_plan};
 use crate::kube::Kube;
-use crate::plan::{Action, Plan};
+use crate::plan::Plan;
 use crate::provider::{self, Overrides, ProviderError};
 use crate::run::{Event, Outcome, Runner, StepReport};
 
@@ -62,14 +62,7 @@ pub async fn down(args: DownArgs) -> i32 {
                 .flat_map(|w| w.iter().rev().map(|&i| &plan.steps[i]))
                 .collect();
             for s in order {
-                if matches!(
-                    s.action,
-                    Action::Helm(_)
-                        | Action::Apply(_)
-                        | Action::Namespace(_)
-                        | Action::Patch(_)
-                        | Action::ConfigMerge(_)
-                ) {
+                if s.undone_by_down() {
                     println!("  {} ({})", s.id, s.kind());
                 }
             }

@@ -1,5 +1,11 @@
 //! Step kinds: one file each. Every step is a reconciler: observe, compare, act only on a
 //! difference, verify. `run` brings a step's state about; `teardown` undoes what it did.
+//!
+//! This module is the one home of what the engine knows per step kind: its name in plans,
+//! run, teardown, describe (`--dry-run`), whether it is a check, whether `down` undoes it,
+//! the namespaces it touches, the tools it needs, and how it explains a timeout. Each is an
+//! exhaustive `match` on `Action`, so a new kind makes the compiler point at every fact to
+//! fill in (analysis is the other place: `plan::analyze`).
 
 pub mod apply;
 pub mod exec;
@@ -14,6 +20,114 @@ pub mod wait;
 use crate::error::StepResult;
 use crate::plan::{Action, ChartRef, Step};
 use crate::run::{Outcome, StepCtx};
+
+impl Step {
+    /// The step kind's name as written in plans.
+    pub fn kind(&self) -> &'static str {
+        match &self.action {
+            Action::Helm(_) => "helm",
+            Action::Apply(_) => "apply",
+            Action::Namespace(_) => "namespace",
+            Action::Patch(_) => "patch",
+            Action::ConfigMerge(_) => "patch",
+            Action::Wait(_) => "wait",
+            Action::Http(_) => "http",
+            Action::Traffic(_) => "traffic",
+            Action::Exec(_) => "exec",
+        }
+    }
+
+    /// Checks verify and change nothing; JUnit reports them as such.
+    pub fn is_check(&self) -> bool {
+        match &self.action {
+            Action::Wait(_) | Action::Http(_) => true,
+            Action::Helm(_)
+            | Action::Apply(_)
+            | Action::Namespace(_)
+            | Action::Patch(_)
+            | Action::ConfigMerge(_)
+            | Action::Traffic(_)
+            | Action::Exec(_) => false,
+        }
+    }
+
+    /// Whether `bookinfo-down` undoes the step (`teardown` changes something).
+    pub fn undone_by_down(&self) -> bool {
+        match &self.action {
+            Action::Helm(_)
+            | Action::Apply(_)
+            | Action::Namespace(_)
+            | Action::Patch(_)
+            | Action::ConfigMerge(_) => true,
+            Action::Wait(_) | Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => false,
+        }
+    }
+
+    /// Programs the step runs, which preflight finds on PATH before anything starts. An
+    /// exec step's own command is the user's business: it fails with its own message.
+    pub fn tools(&self) -> &'static [&'static str] {
+        match &self.action {
+            Action::Helm(_) => &["helm"],
+            Action::Apply(_)
+            | Action::Namespace(_)
+            | Action::Patch(_)
+            | Action::ConfigMerge(_)
+            | Action::Wait(_)
+            | Action::Http(_)
+            | Action::Traffic(_)
+            | Action::Exec(_) => &[],
+        }
+    }
+
+    /// Namespaces the step touches, for failure diagnostics.
+    pub fn namespaces(&self) -> Vec<String> {
+        fn of_objects<'a>(objects: impl Iterator<Item = &'a crate::plan::Manifest>) -> Vec<String> {
+            objects
+                .filter_map(|m| m.object["metadata"]["namespace"].as_str())
+                .map(str::to_string)
+                .collect()
+        }
+        let ns: Vec<String> = match &self.action {
+            Action::Helm(h) => vec![h.namespace.clone()],
+            Action::Apply(a) => a
+                .namespace
+                .iter()
+                .cloned()
+                .chain(of_objects(a.objects.iter()))
+                .collect(),
+            Action::Namespace(n) => vec![n.name.clone()],
+            Action::ConfigMerge(c) => vec![c.namespace.clone()],
+            Action::Wait(w) => w
+                .rollout
+                .iter()
+                .map(|(n, _)| n.clone())
+                .chain(w.pods.as_ref().map(|p| p.namespace.clone()))
+                .collect(),
+            Action::Patch(p) => of_objects(p.objects.iter()),
+            Action::Http(_) | Action::Traffic(_) | Action::Exec(_) => Vec::new(),
+        };
+        ns.into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// What the step says when it runs out of time, beyond "timed out": a wait says what is
+    /// not ready and why.
+    pub async fn explain_timeout(&self, kube: &crate::kube::Kube) -> Option<String> {
+        match &self.action {
+            Action::Wait(w) => Some(wait::explain(w, kube).await),
+            Action::Helm(_)
+            | Action::Apply(_)
+            | Action::Namespace(_)
+            | Action::Patch(_)
+            | Action::ConfigMerge(_)
+            | Action::Http(_)
+            | Action::Traffic(_)
+            | Action::Exec(_) => None,
+        }
+    }
+}
 
 /// Runs one attempt of a step. Returns `Changed` or `Unchanged`; failures are errors.
 pub async fn run(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
