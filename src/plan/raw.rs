@@ -168,6 +168,99 @@ pub struct RawStep {
     pub exec: Option<Spanned<RawExec>>,
 }
 
+/// One step kind's table, as written in a step.
+#[derive(Debug, Clone, Copy)]
+pub enum RawStepKind<'a> {
+    Helm(&'a Spanned<RawHelm>),
+    Apply(&'a Spanned<RawApply>),
+    Namespace(&'a Spanned<RawNamespace>),
+    Patch(&'a Spanned<RawPatch>),
+    Wait(&'a Spanned<RawWait>),
+    Http(&'a Spanned<RawHttp>),
+    Traffic(&'a Spanned<RawTraffic>),
+    Exec(&'a Spanned<RawExec>),
+}
+
+impl RawStepKind<'_> {
+    /// Every kind's table name, for messages; in the order of the variants.
+    pub const NAMES: &'static [&'static str] = &[
+        "helm",
+        "apply",
+        "namespace",
+        "patch",
+        "wait",
+        "http",
+        "traffic",
+        "exec",
+    ];
+
+    /// The table name (`[step.helm]`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RawStepKind::Helm(_) => "helm",
+            RawStepKind::Apply(_) => "apply",
+            RawStepKind::Namespace(_) => "namespace",
+            RawStepKind::Patch(_) => "patch",
+            RawStepKind::Wait(_) => "wait",
+            RawStepKind::Http(_) => "http",
+            RawStepKind::Traffic(_) => "traffic",
+            RawStepKind::Exec(_) => "exec",
+        }
+    }
+
+    /// Where the table is written.
+    pub fn span(&self) -> std::ops::Range<usize> {
+        match self {
+            RawStepKind::Helm(k) => k.span(),
+            RawStepKind::Apply(k) => k.span(),
+            RawStepKind::Namespace(k) => k.span(),
+            RawStepKind::Patch(k) => k.span(),
+            RawStepKind::Wait(k) => k.span(),
+            RawStepKind::Http(k) => k.span(),
+            RawStepKind::Traffic(k) => k.span(),
+            RawStepKind::Exec(k) => k.span(),
+        }
+    }
+}
+
+impl RawStep {
+    /// The kind tables the step has, in the order written. Every field is named here, so a
+    /// new kind's field makes the compiler point at this list.
+    pub fn kinds(&self) -> Vec<RawStepKind<'_>> {
+        let RawStep {
+            id: _,
+            description: _,
+            needs: _,
+            timeout: _,
+            retries: _,
+            backoff: _,
+            helm,
+            apply,
+            namespace,
+            patch,
+            wait,
+            http,
+            traffic,
+            exec,
+        } = self;
+        let mut kinds: Vec<RawStepKind<'_>> = [
+            helm.as_ref().map(RawStepKind::Helm),
+            apply.as_ref().map(RawStepKind::Apply),
+            namespace.as_ref().map(RawStepKind::Namespace),
+            patch.as_ref().map(RawStepKind::Patch),
+            wait.as_ref().map(RawStepKind::Wait),
+            http.as_ref().map(RawStepKind::Http),
+            traffic.as_ref().map(RawStepKind::Traffic),
+            exec.as_ref().map(RawStepKind::Exec),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        kinds.sort_by_key(|k| k.span().start);
+        kinds
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHelm {

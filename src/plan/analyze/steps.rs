@@ -13,18 +13,6 @@ use crate::diag::{Diagnostic, FileId, did_you_mean};
 use crate::plan::model::*;
 use crate::plan::raw::*;
 
-/// Step kinds as written in plans, for messages.
-const STEP_KINDS: &[&str] = &[
-    "helm",
-    "apply",
-    "namespace",
-    "patch",
-    "wait",
-    "http",
-    "traffic",
-    "exec",
-];
-
 /// Step ids: the step's index among all steps, and where its id is written.
 pub(super) type StepIds = HashMap<String, (usize, FileId, Range<usize>)>;
 
@@ -112,61 +100,45 @@ impl Analyzer<'_> {
         };
         let description = raw.description.as_ref().and_then(|d| self.interp(d, file));
 
-        let mut kinds: Vec<(&str, Range<usize>)> = [
-            raw.helm.as_ref().map(|k| ("helm", k.span())),
-            raw.apply.as_ref().map(|k| ("apply", k.span())),
-            raw.namespace.as_ref().map(|k| ("namespace", k.span())),
-            raw.patch.as_ref().map(|k| ("patch", k.span())),
-            raw.wait.as_ref().map(|k| ("wait", k.span())),
-            raw.http.as_ref().map(|k| ("http", k.span())),
-            raw.traffic.as_ref().map(|k| ("traffic", k.span())),
-            raw.exec.as_ref().map(|k| ("exec", k.span())),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
         // In the order written, so that the caret points at the second kind of the step.
-        kinds.sort_by_key(|(_, span)| span.start);
-        if kinds.is_empty() {
-            self.diags.push(
-                Diagnostic::new(format!("step `{id}` has no step kind"))
-                    .at(file, raw.id.span())
-                    .help(format!("give it exactly one of: {}", STEP_KINDS.join(", "))),
-            );
-            return None;
-        }
-        if kinds.len() > 1 {
-            let names: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
-            self.diags.push(
-                Diagnostic::new(format!(
-                    "step `{id}` has {} step kinds ({}); a step has exactly one",
-                    names.len(),
-                    names.join(", ")
-                ))
-                .at(file, kinds[1].1.clone())
-                .help("split it into several steps joined by `needs`"),
-            );
-            return None;
-        }
+        let kinds = raw.kinds();
+        let kind = match kinds.as_slice() {
+            [] => {
+                self.diags.push(
+                    Diagnostic::new(format!("step `{id}` has no step kind"))
+                        .at(file, raw.id.span())
+                        .help(format!(
+                            "give it exactly one of: {}",
+                            RawStepKind::NAMES.join(", ")
+                        )),
+                );
+                return None;
+            }
+            [kind] => *kind,
+            [_, second, ..] => {
+                let names: Vec<&str> = kinds.iter().map(RawStepKind::name).collect();
+                self.diags.push(
+                    Diagnostic::new(format!(
+                        "step `{id}` has {} step kinds ({}); a step has exactly one",
+                        names.len(),
+                        names.join(", ")
+                    ))
+                    .at(file, second.span())
+                    .help("split it into several steps joined by `needs`"),
+                );
+                return None;
+            }
+        };
 
-        let action = if let Some(h) = &raw.helm {
-            self.helm(h.get_ref(), file, dir).map(Action::Helm)
-        } else if let Some(a) = &raw.apply {
-            self.apply(a, file, dir, allow_unpinned).map(Action::Apply)
-        } else if let Some(n) = &raw.namespace {
-            self.namespace(n.get_ref(), file).map(Action::Namespace)
-        } else if let Some(p) = &raw.patch {
-            self.patch(p, file, dir)
-        } else if let Some(w) = &raw.wait {
-            self.wait(w, file, dir).map(Action::Wait)
-        } else if let Some(h) = &raw.http {
-            self.http(h.get_ref(), file).map(Action::Http)
-        } else if let Some(t) = &raw.traffic {
-            self.traffic(t.get_ref(), file).map(Action::Traffic)
-        } else if let Some(e) = &raw.exec {
-            self.exec(e, file, dir).map(Action::Exec)
-        } else {
-            None
+        let action = match kind {
+            RawStepKind::Helm(h) => self.helm(h.get_ref(), file, dir).map(Action::Helm),
+            RawStepKind::Apply(a) => self.apply(a, file, dir, allow_unpinned).map(Action::Apply),
+            RawStepKind::Namespace(n) => self.namespace(n.get_ref(), file).map(Action::Namespace),
+            RawStepKind::Patch(p) => self.patch(p, file, dir),
+            RawStepKind::Wait(w) => self.wait(w, file, dir).map(Action::Wait),
+            RawStepKind::Http(h) => self.http(h.get_ref(), file).map(Action::Http),
+            RawStepKind::Traffic(t) => self.traffic(t.get_ref(), file).map(Action::Traffic),
+            RawStepKind::Exec(e) => self.exec(e, file, dir).map(Action::Exec),
         };
 
         Some(Step {
