@@ -55,7 +55,7 @@ pub fn status_line(id: &str, kind: &str, elapsed: Duration, message: &str, width
 /// line follows the number of attempts when there were several, and its further causes
 /// follow indented.
 pub fn finished_line(step: &StepReport, width: usize, color: bool) -> String {
-    let mut detail = first_line(step.outcome.detail());
+    let mut detail = first_line(&step.outcome.detail());
     let mut width = width.saturating_sub(2);
     if let Outcome::Failed { .. } = step.outcome {
         width = usize::MAX;
@@ -77,6 +77,9 @@ pub fn finished_line(step: &StepReport, width: usize, color: bool) -> String {
             out.push_str("\n    ");
             out.push_str(line.trim());
         }
+    }
+    if let Some(dir) = &step.artifacts {
+        out.push_str(&format!("\n    diagnostics: {}", dir.display()));
     }
     out
 }
@@ -125,7 +128,7 @@ fn write_table(report: &RunReport, color: bool, width: usize, out: &mut String) 
                 outcome_style(&step.outcome),
                 color
             ),
-            truncate(&first_line(step.outcome.detail()), detail_w)
+            truncate(&first_line(&step.outcome.detail()), detail_w)
         );
         writeln!(out, "{}", row.trim_end())?;
     }

@@ -59,12 +59,15 @@ fn write_junit(report: &RunReport, out: &mut String) -> std::fmt::Result {
                 out,
                 r#"      <failure message="{}" type="failed">{}</failure>"#,
                 escape(&first_line(cause)),
-                escape_text(&sanitize(cause))
+                escape_text(&sanitize(&match &step.artifacts {
+                    Some(dir) => format!("{cause}\ndiagnostics: {}", dir.display()),
+                    None => cause.clone(),
+                }))
             )?,
             Outcome::Skipped { reason } => writeln!(
                 out,
                 r#"      <skipped message="{}"/>"#,
-                escape(&sanitize(reason))
+                escape(&sanitize(&reason.to_string()))
             )?,
         }
         writeln!(out, "    </testcase>")?;

@@ -151,6 +151,7 @@ pub(crate) mod fixtures {
             outcome,
             elapsed: Duration::from_millis(millis),
             attempts: 1,
+            artifacts: None,
         }
     }
 
@@ -197,7 +198,11 @@ pub(crate) mod fixtures {
                     "http",
                     true,
                     Outcome::Skipped {
-                        reason: "needs `istiod-ready`, which failed".into(),
+                        reason: crate::run::SkipReason::Blocked {
+                            step: "istiod-ready".into(),
+                            failed: true,
+                            teardown: false,
+                        },
                     },
                     0,
                 ),

@@ -96,6 +96,7 @@ impl Reporter for PlainReporter {
                         elapsed = %elapsed,
                         attempts = step.attempts,
                         cause = %cause,
+                        diagnostics = step.artifacts.as_ref().map(|d| d.display().to_string()),
                         "failed: {}",
                         first_line(cause)
                     ),
@@ -107,7 +108,7 @@ impl Reporter for PlainReporter {
                         attempts = step.attempts,
                         "{}: {}",
                         outcome.label(),
-                        first_line(outcome.detail())
+                        first_line(&outcome.detail())
                     ),
                     _ => {}
                 }

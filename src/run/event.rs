@@ -18,7 +18,63 @@ pub enum Outcome {
     /// The step failed; `cause` is the full error chain, one cause per line.
     Failed { cause: String },
     /// The step did not run.
-    Skipped { reason: String },
+    Skipped {
+        #[serde(serialize_with = "display")]
+        reason: SkipReason,
+    },
+}
+
+/// Why a step did not run (or stopped without an outcome of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `--skip` names it.
+    LeftOut,
+    /// `--only` names other steps.
+    NotSelected,
+    /// A step it needs (or, in teardown, one that needs it) failed or did not run.
+    Blocked {
+        step: String,
+        failed: bool,
+        teardown: bool,
+    },
+    /// The run was cancelled before it started.
+    Cancelled,
+    /// `--fail-fast`: another step failed before it started.
+    FailFast,
+    /// The run was cancelled while it ran.
+    CancelledWhileRunning,
+    /// `--fail-fast` stopped it while it ran.
+    StoppedByFailFast,
+    /// The run was cancelled while it waited to retry.
+    CancelledBeforeRetry,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::LeftOut => f.write_str("left out by --skip"),
+            SkipReason::NotSelected => f.write_str("not selected by --only"),
+            SkipReason::Blocked {
+                step,
+                failed,
+                teardown,
+            } => write!(
+                f,
+                "{} `{step}`, which {}",
+                if *teardown { "is needed by" } else { "needs" },
+                if *failed { "failed" } else { "did not run" }
+            ),
+            SkipReason::Cancelled => f.write_str("the run was cancelled"),
+            SkipReason::FailFast => f.write_str("--fail-fast: a step failed"),
+            SkipReason::CancelledWhileRunning => f.write_str("cancelled while running"),
+            SkipReason::StoppedByFailFast => f.write_str("stopped by --fail-fast"),
+            SkipReason::CancelledBeforeRetry => f.write_str("cancelled while waiting to retry"),
+        }
+    }
+}
+
+fn display<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 impl Outcome {
@@ -31,11 +87,11 @@ impl Outcome {
         }
     }
 
-    pub fn detail(&self) -> &str {
+    pub fn detail(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Outcome::Changed { summary } | Outcome::Unchanged { summary } => summary,
-            Outcome::Failed { cause } => cause,
-            Outcome::Skipped { reason } => reason,
+            Outcome::Changed { summary } | Outcome::Unchanged { summary } => summary.into(),
+            Outcome::Failed { cause } => cause.into(),
+            Outcome::Skipped { reason } => reason.to_string().into(),
         }
     }
 }
@@ -51,6 +107,9 @@ pub struct StepReport {
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub attempts: u32,
+    /// Where the failure diagnostics of a failed step were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<std::path::PathBuf>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

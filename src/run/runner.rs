@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Outcome, RunReport, StepCtx, StepReport};
+use super::{Event, Outcome, RunReport, SkipReason, StepCtx, StepReport};
 use crate::error::StepError;
 use crate::kube::Kube;
 use crate::plan::{Plan, Step};
@@ -98,13 +98,11 @@ impl Runner {
                 || self.opts.skip.contains(&s.id);
             if excluded {
                 let reason = if self.opts.skip.contains(&s.id) {
-                    "left out by --skip"
+                    SkipReason::LeftOut
                 } else {
-                    "not selected by --only"
+                    SkipReason::NotSelected
                 };
-                let outcome = Outcome::Skipped {
-                    reason: reason.into(),
-                };
+                let outcome = Outcome::Skipped { reason };
                 let r = report(s, outcome.clone(), Duration::ZERO, 0);
                 let _ = self.events.send(Event::StepFinished(r.clone()));
                 reports.insert(i, r);
@@ -132,20 +130,13 @@ impl Runner {
                     let stopping = self.cancel.is_cancelled() || stop.is_cancelled();
                     if blocked.is_some() || stopping {
                         let reason = match blocked {
-                            _ if self.cancel.is_cancelled() => "the run was cancelled".to_string(),
-                            _ if stop.is_cancelled() => "--fail-fast: a step failed".to_string(),
-                            Some(&d) => {
-                                let what = match &state[d] {
-                                    State::Done(Outcome::Failed { .. }) => "failed",
-                                    _ => "did not run",
-                                };
-                                let rel = if self.opts.reverse {
-                                    "is needed by"
-                                } else {
-                                    "needs"
-                                };
-                                format!("{rel} `{}`, which {what}", steps[d].id)
-                            }
+                            _ if self.cancel.is_cancelled() => SkipReason::Cancelled,
+                            _ if stop.is_cancelled() => SkipReason::FailFast,
+                            Some(&d) => SkipReason::Blocked {
+                                step: steps[d].id.clone(),
+                                failed: matches!(&state[d], State::Done(Outcome::Failed { .. })),
+                                teardown: self.opts.reverse,
+                            },
                             None => unreachable!("blocked or stopping"),
                         };
                         let outcome = Outcome::Skipped { reason };
@@ -251,6 +242,7 @@ fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> St
         outcome,
         elapsed,
         attempts,
+        artifacts: None,
     }
 }
 
@@ -291,8 +283,8 @@ async fn attempt_loop(
                 Err(_) => Err(timed_out(&step, &ctx).await),
             },
             _ = ctx.cancel.cancelled() => {
-                let reason = if run_cancel.is_cancelled() { "cancelled while running" } else { "stopped by --fail-fast" };
-                return report(&step, Outcome::Skipped { reason: reason.into() }, start.elapsed(), attempt);
+                let reason = if run_cancel.is_cancelled() { SkipReason::CancelledWhileRunning } else { SkipReason::StoppedByFailFast };
+                return report(&step, Outcome::Skipped { reason }, start.elapsed(), attempt);
             }
         };
         match result {
@@ -307,7 +299,7 @@ async fn attempt_loop(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = ctx.cancel.cancelled() => {
-                        return report(&step, Outcome::Skipped { reason: "cancelled while waiting to retry".into() }, start.elapsed(), attempt);
+                        return report(&step, Outcome::Skipped { reason: SkipReason::CancelledBeforeRetry }, start.elapsed(), attempt);
                     }
                 }
                 delay *= 2;
@@ -317,17 +309,16 @@ async fn attempt_loop(
                     return report(
                         &step,
                         Outcome::Skipped {
-                            reason: "cancelled while running".into(),
+                            reason: SkipReason::CancelledWhileRunning,
                         },
                         start.elapsed(),
                         attempt,
                     );
                 }
-                let mut cause = e.chain();
-                if let Some(dir) = collect_artifacts(&step, &ctx).await {
-                    cause.push_str(&format!("\ndiagnostics: {}", dir.display()));
-                }
-                return report(&step, Outcome::Failed { cause }, start.elapsed(), attempt);
+                let cause = e.chain();
+                let mut r = report(&step, Outcome::Failed { cause }, start.elapsed(), attempt);
+                r.artifacts = collect_artifacts(&step, &ctx).await;
+                return r;
             }
         }
     }
@@ -373,20 +364,14 @@ pub fn finish(
     started: Instant,
     cancelled: bool,
 ) -> RunReport {
+    // The folder that holds every failed step's diagnostics.
     let artifacts = steps
         .iter()
-        .find_map(|s| match &s.outcome {
-            Outcome::Failed { cause } => cause
-                .lines()
-                .find_map(|l| l.strip_prefix("diagnostics: "))
-                .map(str::to_string),
-            _ => None,
-        })
-        .map(|p| {
-            std::path::Path::new(&p)
-                .parent()
+        .find_map(|s| s.artifacts.as_deref())
+        .map(|dir| {
+            dir.parent()
                 .map(|d| d.display().to_string())
-                .unwrap_or(p)
+                .unwrap_or_else(|| dir.display().to_string())
         });
     RunReport {
         plan: plan.name.clone(),

@@ -99,6 +99,7 @@ pub async fn down(args: DownArgs) -> i32 {
                     },
                     elapsed: Duration::ZERO,
                     attempts: 1,
+                    artifacts: None,
                 }]));
             }
             let access = provider::access_for_down(&plan, &o)
@@ -139,6 +140,7 @@ pub async fn down(args: DownArgs) -> i32 {
                     },
                     elapsed: t.elapsed(),
                     attempts: 1,
+                    artifacts: None,
                 }]));
             }
         }

@@ -121,6 +121,7 @@ pub(crate) fn phase_failure(id: &str, message: String) -> StepReport {
         outcome: Outcome::Failed { cause: message },
         elapsed: Duration::ZERO,
         attempts: 1,
+        artifacts: None,
     }
 }
 

@@ -3,13 +3,18 @@
 
 use std::sync::Arc;
 
-use super::{CANCELLED, Session, fetch_remote, phase_failure, run_options, unless_cancelled};
+use super::{CANCELLED, Session, fetch_remote, run_options, unless_cancelled};
 use crate::cli::{EXIT_USAGE, UpArgs, check_ids, load_plan, overrides, resolve_plan};
 use crate::kube::Kube;
 use crate::plan::Plan;
 use crate::provider::{self, Access, Findings, PlanRecord, ProviderError, Severity};
 use crate::report;
 use crate::run::{Event, NextSteps, Runner};
+
+/// A phase's failure, boxed: it travels in the `Err` of the work before the runner.
+fn phase_failure(id: &str, message: String) -> Box<crate::run::StepReport> {
+    Box::new(super::phase_failure(id, message))
+}
 
 /// Runs `bookinfo-up` to its exit code.
 pub async fn up(args: UpArgs) -> i32 {
@@ -138,8 +143,8 @@ pub async fn up(args: UpArgs) -> i32 {
             runner.run().await
         }
         Err(failure) => {
-            let _ = tx.send(Event::StepFinished(failure.clone()));
-            vec![failure]
+            let _ = tx.send(Event::StepFinished((*failure).clone()));
+            vec![*failure]
         }
     };
     let mut report = session.report(&plan, "up", steps);
