@@ -145,6 +145,7 @@ pub(crate) mod fixtures {
 
     fn step(id: &str, kind: &str, check: bool, outcome: Outcome, millis: u64) -> StepReport {
         StepReport {
+            unit: crate::run::Unit::Step,
             id: id.into(),
             kind: kind.into(),
             check,

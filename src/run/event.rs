@@ -96,9 +96,19 @@ impl Outcome {
     }
 }
 
-/// The result of one step, as reported at the end of a run.
+/// What a report is about: a step of the plan, or a phase of the run around the steps
+/// (preflight, fetch, the cluster), which reports only when it fails or settles the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    Step,
+    Phase,
+}
+
+/// The result of one step (or of a phase that ended the run), as reported at its end.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
+    pub unit: Unit,
     pub id: String,
     pub kind: String,
     pub check: bool,

@@ -6,5 +6,5 @@ mod event;
 mod runner;
 
 pub use context::StepCtx;
-pub use event::{Event, NextSteps, Outcome, RunReport, SkipReason, StepReport};
+pub use event::{Event, NextSteps, Outcome, RunReport, SkipReason, StepReport, Unit};
 pub use runner::{RunOptions, Runner, finish};

@@ -236,6 +236,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> StepReport {
     StepReport {
+        unit: crate::run::Unit::Step,
         id: step.id.clone(),
         kind: step.kind().to_string(),
         check: step.is_check(),

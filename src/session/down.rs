@@ -91,6 +91,7 @@ pub async fn down(args: DownArgs) -> i32 {
                     ),
                 );
                 return Ok(Teardown::Done(vec![StepReport {
+                    unit: crate::run::Unit::Phase,
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,
@@ -122,6 +123,7 @@ pub async fn down(args: DownArgs) -> i32 {
                     .await
                     .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
                 return Ok(Teardown::Done(vec![StepReport {
+                    unit: crate::run::Unit::Phase,
                     id: "cluster".into(),
                     kind: "cluster".into(),
                     check: false,

@@ -115,6 +115,7 @@ pub(crate) async fn unless_cancelled<T>(
 
 pub(crate) fn phase_failure(id: &str, message: String) -> StepReport {
     StepReport {
+        unit: crate::run::Unit::Phase,
         id: id.into(),
         kind: id.into(),
         check: true,
