@@ -226,19 +226,7 @@ pub async fn ensure(
         }
     }
     if !kubeconfig.is_file() {
-        let out = kwokctl(dir)
-            .args(["get", "kubeconfig", "--name", spec.name])
-            .run(cancel)
-            .await
-            .map_err(tool)?;
-        if !out.success {
-            return Err(ProviderError::Tool {
-                message: format!("kwokctl get kubeconfig failed:\n{}", out.tail(10)),
-            });
-        }
-        std::fs::write(&kubeconfig, out.stdout).map_err(|e| ProviderError::Tool {
-            message: format!("cannot write `{}`: {e}", kubeconfig.display()),
-        })?;
+        super::write_kubeconfig(kwokctl(dir), spec.name, &kubeconfig, tool, cancel).await?;
     }
     ready(spec, dir, kubeconfig, net.as_ref(), cancel).await
 }

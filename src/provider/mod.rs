@@ -139,6 +139,31 @@ pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
     o.state_dir.join("clusters").join(&plan.cluster.name)
 }
 
+/// Writes what `<tool> get kubeconfig --name NAME` (kind, kwokctl) prints to `path`; `error`
+/// maps the tool's own failures.
+async fn write_kubeconfig(
+    tool: crate::process::Tool,
+    name: &str,
+    path: &Path,
+    error: fn(crate::process::ToolError) -> ProviderError,
+    cancel: &CancellationToken,
+) -> Result<(), ProviderError> {
+    let program = tool.program().to_string();
+    let out = tool
+        .args(["get", "kubeconfig", "--name", name])
+        .run(cancel)
+        .await
+        .map_err(error)?;
+    if !out.success {
+        return Err(ProviderError::Tool {
+            message: format!("{program} get kubeconfig failed:\n{}", out.tail(10)),
+        });
+    }
+    std::fs::write(path, out.stdout).map_err(|e| ProviderError::Tool {
+        message: format!("cannot write `{}`: {e}", path.display()),
+    })
+}
+
 /// Whether `<tool> get clusters` (kind, kwokctl) lists cluster `name`; `error` maps the
 /// tool's own failures.
 async fn lists_cluster(

@@ -159,19 +159,7 @@ pub async fn ensure(
     let kind = kind(cancel).await;
     if exists_with(kind.clone(), name, cancel).await? {
         progress(format!("kind cluster `{name}` exists"));
-        let out = kind
-            .args(["get", "kubeconfig", "--name", name])
-            .run(cancel)
-            .await
-            .map_err(tool)?;
-        if !out.success {
-            return Err(ProviderError::Tool {
-                message: format!("kind get kubeconfig failed:\n{}", out.tail(10)),
-            });
-        }
-        std::fs::write(&kubeconfig, out.stdout).map_err(|e| ProviderError::Tool {
-            message: format!("cannot write `{}`: {e}", kubeconfig.display()),
-        })?;
+        super::write_kubeconfig(kind, name, &kubeconfig, tool, cancel).await?;
     } else {
         std::fs::write(dir.join("kind.yaml"), render_config(node_image, ports)).map_err(|e| {
             ProviderError::Tool {
