@@ -38,20 +38,8 @@ impl StepError {
 
     /// The message and every cause, one per line.
     pub fn chain(&self) -> String {
-        let mut out = self.message.clone();
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static));
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !out.contains(&text) {
-                out.push_str("\ncaused by: ");
-                out.push_str(&text);
-            }
-            cause = c.source();
-        }
-        out
+        let causes = self.source.as_deref().map(|e| e as &dyn std::error::Error);
+        render_chain(&self.message, causes, "\ncaused by: ")
     }
 }
 
@@ -99,6 +87,27 @@ pub type StepResult<T> = Result<T, StepError>;
 const LEAKED_NODE_PORT: &str = "\n  hint: if `kubectl get svc -A` shows no Service with this \
 node port, an API server that stopped during an earlier create leaked it; its repair loop frees \
 a leaked port within about 10 minutes. Run again then, or pick another node port in the plan.";
+
+/// The one renderer of error chains: `message`, then each cause from `first` down, joined by
+/// `separator` (`"\ncaused by: "` for a step's failure, `": "` for a one-line message). A cause
+/// whose text the rendering already holds is left out (many errors repeat their source).
+pub fn render_chain(
+    message: &str,
+    first: Option<&dyn std::error::Error>,
+    separator: &str,
+) -> String {
+    let mut out = message.to_string();
+    let mut cause = first;
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(separator);
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {

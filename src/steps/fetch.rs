@@ -136,14 +136,7 @@ pub fn objects(
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
+    crate::error::render_chain(&e.to_string(), e.source(), ": ")
 }
 
 #[cfg(test)]
