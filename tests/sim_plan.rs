@@ -309,13 +309,14 @@ fn sim_plan_converges_then_goes_away() {
         components, 6,
         "etcd, apiserver, controller-manager, scheduler, kwok, istiod"
     );
-    let netns = std::fs::read_dir("/run/netns")
+    let netns = bookinfo_up::provider::istiod::net(&state.path().join("clusters/bookinfo-sim"))
         .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("bookinfo-up-"))
-        .count();
-    assert!(netns >= 1, "the cluster's istiod has its network namespace");
+        .netns();
+    let netns = std::path::Path::new("/run/netns").join(netns);
+    assert!(
+        netns.exists(),
+        "the cluster's istiod has its network namespace"
+    );
     let run_down = || {
         Command::new(down)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -341,8 +342,9 @@ fn sim_plan_converges_then_goes_away() {
         !state
             .path()
             .join("clusters/bookinfo-sim/istiod-net")
-            .exists(),
-        "down removes istiod's network"
+            .exists()
+            && !netns.exists(),
+        "down removes istiod's network namespace, and with it its veth pair and route"
     );
     let again = run_down();
     let text = String::from_utf8_lossy(&again.stderr);

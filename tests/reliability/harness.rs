@@ -537,6 +537,18 @@ impl Sim {
         for (pid, _) in marked_processes(self.dir()) {
             signal(pid, libc::SIGKILL);
         }
+        // kwokctl knows nothing of the network namespace of the cluster's istiod, which
+        // `bookinfo-down` removes: remove it here (and with it its veth pair and route).
+        let cluster = self.dir().join("clusters").join(PLAN_NAME);
+        if cluster.join("istiod-net").is_file()
+            && let Ok(net) = bookinfo_up::provider::istiod::net(&cluster)
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &net.netns()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
