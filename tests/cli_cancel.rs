@@ -12,7 +12,7 @@ fn sigint_stops_the_run_and_its_children() {
     // A kubeconfig that points nowhere: the plan's only step is an exec, which needs no API.
     std::fs::write(
         dir.path().join("kubeconfig"),
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: x\n",
+        crate::common::UNREACHABLE_KUBECONFIG,
     )
     .unwrap();
     // A duration unique to this test run marks the children so that the test can look for

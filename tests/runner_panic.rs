@@ -15,7 +15,7 @@ fn a_panic_is_reported_as_its_own_steps_failure() {
     // A kubeconfig that points nowhere: exec steps never call the API.
     std::fs::write(
         dir.path().join("kubeconfig"),
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: x\n",
+        crate::common::UNREACHABLE_KUBECONFIG,
     )
     .unwrap();
     // `first` and `slow` are running when `boom` panics; `after` needs `boom`.

@@ -205,7 +205,7 @@ fn json_carries_next_steps_and_checks_ignore_proxies() {
     // built, and kube-rs would take HTTPS_PROXY from the environment.
     std::fs::write(
         home.path().join("kubeconfig"),
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: x\n",
+        crate::common::UNREACHABLE_KUBECONFIG,
     )
     .unwrap();
     std::fs::write(

@@ -289,7 +289,14 @@ pub async fn ensure(
     cancel: &CancellationToken,
 ) -> Result<Access, ProviderError> {
     let dir = cluster_dir(plan, o);
-    match effective(plan, o) {
+    let provider = effective(plan, o);
+    // kind and kwok keep their kubeconfig and work files in the cluster's state folder.
+    if !matches!(provider, Provider::Existing { .. }) {
+        std::fs::create_dir_all(&dir).map_err(|e| ProviderError::Tool {
+            message: format!("cannot create the state folder `{}`: {e}", dir.display()),
+        })?;
+    }
+    match provider {
         Provider::Kind {
             node_image,
             port_mappings,

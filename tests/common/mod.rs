@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use bookinfo_up::provider::host_port;
 
+/// A kubeconfig whose API server is a closed port on 127.0.0.1, for plans whose steps never
+/// call the API (exec, http, traffic): the client is built, nothing is reached.
+pub const UNREACHABLE_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: x\n";
+
 /// The steps of plans/sim.toml (the seed's flow), in plan order.
 pub const SIM_STEPS: &[&str] = &[
     "istio-base",

@@ -152,9 +152,6 @@ pub async fn ensure(
     progress: &dyn Fn(String),
     cancel: &CancellationToken,
 ) -> Result<Access, ProviderError> {
-    std::fs::create_dir_all(dir).map_err(|e| ProviderError::Tool {
-        message: format!("cannot create the state folder `{}`: {e}", dir.display()),
-    })?;
     let kubeconfig = dir.join("kubeconfig");
     let kind = kind(cancel).await;
     if exists_with(kind.clone(), name, cancel).await? {
