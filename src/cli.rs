@@ -15,6 +15,13 @@ use crate::provider::{self, Overrides};
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CANCELLED: i32 = 130;
+/// `diff` and `status`, as `kubectl diff`: 1 differences (or, for `status`, anything not
+/// converged and healthy), 2 plan or usage error, 3 or more the comparison could not be made.
+pub const EXIT_DIFFERENT: i32 = 1;
+/// The cluster does not exist, does not answer, or belongs to another plan.
+pub const EXIT_CLUSTER: i32 = 3;
+/// A step could not be compared (an API error, helm, a remote manifest).
+pub const EXIT_INCOMPLETE: i32 = 4;
 
 const UP_EXAMPLES: &str = "\
 Examples:
@@ -22,6 +29,8 @@ Examples:
   bookinfo-up sim                            the same flow on a simulated kwok cluster (built-in plan `sim`)
   bookinfo-up my/plan.toml                   a plan file
   bookinfo-up --dry-run                      show the waves and what each step would do
+  bookinfo-up diff sim                       what a run would change on the running cluster
+  bookinfo-up status --context prod-eu       converged, drifted or failing, step by step
   bookinfo-up init plans-here                write the built-in plans and manifests out for editing
   bookinfo-up --context prod-eu bookinfo     run the plan against an existing cluster
   bookinfo-up --only bookinfo --only ports   run just these steps
@@ -111,8 +120,80 @@ pub struct UpArgs {
     pub export_kubeconfig: Option<PathBuf>,
 }
 
+/// `bookinfo-up diff` and `bookinfo-up status`: read-only looks at a running environment.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A plan file, or a built-in plan: `bookinfo` (kind; the default) or `sim` (kwok)
+    #[arg(value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+    /// Look at the cluster of this kubeconfig (as provider `existing`)
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (as provider `existing`)
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Write a machine-readable document to stdout instead
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+    /// Only these steps (repeatable)
+    #[arg(long, value_name = "ID")]
+    pub only: Vec<String>,
+    /// Leave these steps out (repeatable)
+    #[arg(long, value_name = "ID")]
+    pub skip: Vec<String>,
+    /// Steps compared at once
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Colour: on a terminal unless NO_COLOR is set (auto), always, never
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+const DIFF_HELP: &str = "\
+Shows what `bookinfo-up PLAN` would change on the running cluster, without changing it: a
+unified diff per object (server-side dry run against the live object; status and managed
+fields left out), helm chart and values changes, namespace labels, merged ConfigMap keys.
+Checks are listed as `would check`. Secrets show which keys change, never their values.
+Creates no cluster and writes nothing: the client refuses any request but reads and dry runs.
+
+Exit status: 0 no differences, 1 differences, 2 plan or usage error, 3 the cluster does not
+exist, does not answer or belongs to another plan, 4 a step could not be compared.
+
+Examples:
+  bookinfo-up diff                           the built-in plan `bookinfo` against its kind cluster
+  bookinfo-up diff sim                       the simulated cluster
+  bookinfo-up diff --context prod-eu my.toml a plan against an existing cluster
+  bookinfo-up diff --output json sim | jq '.steps[] | select(.changes > 0)'";
+
+const STATUS_HELP: &str = "\
+One read-only look at a running environment: each step converged, drifted (with what
+differs), missing or failing (checks are run once, for a few seconds); Deployments not
+available and pods not ready, with their reasons; helm releases and their status; where the
+environment answers, and its kubeconfig.
+
+Exit status: 0 everything converged and healthy, 1 anything else, 2 plan or usage error,
+3 the cluster does not exist, does not answer or belongs to another plan.
+
+Examples:
+  bookinfo-up status                         the built-in plan `bookinfo` on its kind cluster
+  bookinfo-up status sim && echo healthy     gate on it in CI
+  bookinfo-up status --output json sim       the same, as JSON";
+
 #[derive(Debug, Subcommand)]
 pub enum UpCommand {
+    /// What a run would change on the running cluster, as a unified diff (read-only)
+    #[command(after_help = DIFF_HELP)]
+    Diff(InspectArgs),
+    /// Converged, drifted, missing or failing, step by step, and the environment's health (read-only)
+    #[command(after_help = STATUS_HELP)]
+    Status(InspectArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -154,6 +235,8 @@ pub fn up_main() -> i32 {
             0
         }
         Some(UpCommand::Init { dir, force }) => init(&dir, force),
+        Some(UpCommand::Diff(a)) => block_on(crate::session::diff(a)),
+        Some(UpCommand::Status(a)) => block_on(crate::session::status(a)),
         None => block_on(crate::session::up(args)),
     }
 }
@@ -274,9 +357,13 @@ pub fn load_plan(path: &std::path::Path) -> Option<Plan> {
 }
 
 pub(crate) fn overrides(c: &Common) -> Overrides {
+    overrides_of(c.kubeconfig.clone(), c.context.clone())
+}
+
+pub(crate) fn overrides_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Overrides {
     Overrides {
-        kubeconfig: c.kubeconfig.clone(),
-        context: c.context.clone(),
+        kubeconfig,
+        context,
         state_dir: provider::default_state_dir(),
     }
 }

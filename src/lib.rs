@@ -4,6 +4,7 @@
 //! execution of steps against a cluster from a `provider`) → `report` (reporters fed by
 //! runner events). See ARCHITECTURE.md.
 
+pub mod change;
 pub mod cli;
 pub mod diag;
 pub mod embedded;

@@ -267,24 +267,124 @@ async fn converge(
     force: bool,
     live: &Value,
 ) -> StepResult<ApplyOutcome> {
-    let mut pp = PatchParams::apply(manager);
-    if force {
-        pp = pp.force();
-    }
-    let dry = target
-        .api
-        .patch(&target.name, &pp.clone().dry_run(), &Patch::Apply(desired))
-        .await
-        .map_err(|e| api_error(format!("cannot apply {} (dry run)", target.display()), e))?;
-    if comparable(live, manager) == comparable(&to_value(dry), manager) {
+    let dry = dry_run(target, desired, manager, force).await?;
+    if !differs(live, &dry, manager) {
         return Ok(ApplyOutcome::Unchanged);
     }
     target
         .api
-        .patch(&target.name, &pp, &Patch::Apply(desired))
+        .patch(
+            &target.name,
+            &params(manager, force),
+            &Patch::Apply(desired),
+        )
         .await
         .map_err(|e| api_error(format!("cannot apply {}", target.display()), e))?;
     Ok(ApplyOutcome::Configured)
+}
+
+fn params(manager: &str, force: bool) -> PatchParams {
+    let pp = PatchParams::apply(manager);
+    if force { pp.force() } else { pp }
+}
+
+/// The object as the apply would leave it, from a server-side dry run (nothing persisted).
+async fn dry_run(
+    target: &Located,
+    desired: &Value,
+    manager: &str,
+    force: bool,
+) -> StepResult<Value> {
+    target
+        .api
+        .patch(
+            &target.name,
+            &params(manager, force).dry_run(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map(to_value)
+        .map_err(|e| api_error(format!("cannot apply {} (dry run)", target.display()), e))
+}
+
+/// Whether an apply by `manager` that the server answers with `dry` changes `live`.
+fn differs(live: &Value, dry: &Value, manager: &str) -> bool {
+    comparable(live, manager) != comparable(dry, manager)
+}
+
+/// What an apply would do to one object, found without changing anything, by the same
+/// dry run and comparison the apply itself decides by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Preview {
+    /// No such object: the apply would create this.
+    Create(Value),
+    Unchanged,
+    /// The live object, and the object as the apply would leave it.
+    Update {
+        live: Value,
+        after: Value,
+    },
+    /// A partial object whose target does not exist: the patch would fail.
+    Missing,
+    /// The API server refused the dry run (a field another manager owns, a webhook, a
+    /// schema): the apply would fail with this message.
+    Refused(String),
+}
+
+impl Kube {
+    /// What `apply_owned` would do.
+    pub async fn preview_owned(&self, target: &Located, owner: Owner<'_>) -> StepResult<Preview> {
+        let live = target.get().await?;
+        let desired = with_ownership(&target.object, live.as_ref(), owner);
+        let Some(live) = live else {
+            return Ok(Preview::Create(desired));
+        };
+        preview(target, &desired, FIELD_MANAGER, true, live).await
+    }
+
+    /// What `apply_partial` would do.
+    pub async fn preview_partial(&self, target: &Located, manager: &str) -> StepResult<Preview> {
+        let Some(live) = target.get().await? else {
+            return Ok(Preview::Missing);
+        };
+        preview(target, &target.object, manager, false, live).await
+    }
+}
+
+async fn preview(
+    target: &Located,
+    desired: &Value,
+    manager: &str,
+    force: bool,
+    live: Value,
+) -> StepResult<Preview> {
+    let dry = match target
+        .api
+        .patch(
+            &target.name,
+            &params(manager, force).dry_run(),
+            &Patch::Apply(desired),
+        )
+        .await
+    {
+        Ok(dry) => to_value(dry),
+        Err(kube::Error::Api(s))
+            if (400..500).contains(&s.code) && s.code != 401 && s.code != 403 =>
+        {
+            return Ok(Preview::Refused(s.message.clone()));
+        }
+        Err(e) => {
+            return Err(api_error(
+                format!("cannot apply {} (dry run)", target.display()),
+                e,
+            ));
+        }
+    };
+    Ok(if differs(&live, &dry, manager) {
+        Preview::Update { live, after: dry }
+    } else {
+        Preview::Unchanged
+    })
 }
 
 /// The parts of an object an apply by `manager` can change: everything but status, the

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod diagnostics;
 pub mod events;
+pub mod read_only;
 pub mod readiness;
 pub mod watch;
 
@@ -70,6 +71,20 @@ fn kubeconfig_proxy(config: &Kubeconfig, context: Option<&str>) -> Option<String
 impl Kube {
     /// Builds a client from a kubeconfig file and optional context. Makes no API call.
     pub async fn connect(kubeconfig: &Path, context: Option<&str>) -> StepResult<Self> {
+        Self::connect_with(kubeconfig, context, false).await
+    }
+
+    /// Like `connect`, for `diff` and `status`: the client refuses, before sending, every
+    /// request that could change the cluster (see `read_only`).
+    pub async fn connect_read_only(kubeconfig: &Path, context: Option<&str>) -> StepResult<Self> {
+        Self::connect_with(kubeconfig, context, true).await
+    }
+
+    async fn connect_with(
+        kubeconfig: &Path,
+        context: Option<&str>,
+        read_only: bool,
+    ) -> StepResult<Self> {
         let config = Kubeconfig::read_from(kubeconfig).map_err(|e| {
             StepError::fatal(format!("cannot read kubeconfig `{}`", kubeconfig.display()))
                 .with_source(e)
@@ -104,8 +119,13 @@ impl Kube {
         };
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
-        let client = kube::Client::try_from(config)
+        let builder = kube::client::ClientBuilder::try_from(config)
             .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
+        let client = if read_only {
+            builder.with_layer(&read_only::ReadOnlyLayer).build()
+        } else {
+            builder.build()
+        };
         Ok(Self {
             client,
             kubeconfig: kubeconfig.to_path_buf(),

@@ -5,6 +5,7 @@
 
 mod dry_run;
 mod format;
+pub mod inspect;
 mod junit;
 mod plain;
 mod tty;

@@ -4,6 +4,7 @@
 //! themselves are `up.rs` and `down.rs`; `cli.rs` keeps the arguments and exit codes.
 
 mod down;
+mod inspect;
 mod up;
 
 use std::collections::BTreeSet;
@@ -21,6 +22,9 @@ use crate::report::{self, ReportOptions, ReporterKind};
 use crate::run::{Event, Outcome, RunOptions, RunReport, StepReport};
 
 pub use down::down;
+pub use inspect::{
+    ReleaseStatus, State, StatusReport, StepPreview, StepStatus, Unhealthy, diff, status,
+};
 pub use up::{next_steps, up};
 
 /// What `up` and `down` share while they run.

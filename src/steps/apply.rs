@@ -12,9 +12,10 @@ use kube::core::GroupVersionKind;
 use kube::runtime::wait::await_condition;
 use serde_json::Value;
 
+use crate::change::{Change, ChangeKind};
 use crate::error::{StepError, StepResult};
 use crate::kube::Kube;
-use crate::kube::apply::{ApplyOutcome, DeleteOutcome, Located, Owner};
+use crate::kube::apply::{ApplyOutcome, DeleteOutcome, Located, Owner, Preview};
 use crate::kube::readiness::{self, Readiness};
 use crate::plan::model::{self, Manifest};
 use crate::run::{Outcome, StepCtx};
@@ -109,6 +110,56 @@ pub async fn run(a: &model::Apply, ctx: &StepCtx) -> StepResult<Outcome> {
         Outcome::Changed { summary }
     } else {
         Outcome::Unchanged { summary }
+    })
+}
+
+/// What a run of the step would change, found with reads and server-side dry runs only.
+pub async fn preview(a: &model::Apply, ctx: &StepCtx) -> StepResult<Vec<Change>> {
+    let kube = ctx.kube()?;
+    let default_namespace = a.namespace.as_deref().unwrap_or("default");
+    let owner = Owner {
+        plan: &ctx.plan_name,
+        step: &ctx.id,
+    };
+    let previews: Vec<_> = a
+        .objects
+        .iter()
+        .map(|m| preview_one(kube, m, default_namespace, owner))
+        .collect();
+    let results: Vec<StepResult<Option<Change>>> =
+        stream::iter(previews).buffered(CONCURRENCY).collect().await;
+    Ok(first_error(results)?.into_iter().flatten().collect())
+}
+
+async fn preview_one(
+    kube: &Kube,
+    m: &Manifest,
+    default_namespace: &str,
+    owner: Owner<'_>,
+) -> StepResult<Option<Change>> {
+    let name = object_name(&m.object, Some(default_namespace));
+    let Some(target) = kube
+        .locate_if_served(&m.object, default_namespace)
+        .await
+        .map_err(|e| context(e, &m.object, default_namespace, &m.source))?
+    else {
+        let desired = crate::kube::apply::with_ownership(&m.object, None, owner);
+        let note = format!(
+            "its kind is not served yet: {} comes with an earlier step",
+            m.object["apiVersion"].as_str().unwrap_or("?")
+        );
+        return Ok(Some(Change::create(name, &desired, Some(&note))));
+    };
+    Ok(match kube.preview_owned(&target, owner).await? {
+        Preview::Unchanged => None,
+        Preview::Create(desired) => Some(Change::create(target.display(), &desired, None)),
+        Preview::Update { live, after } => Some(Change::update(target.display(), &live, &after)),
+        Preview::Missing => Some(Change::create(target.display(), &target.object, None)),
+        Preview::Refused(why) => Some(Change::note(
+            ChangeKind::Update,
+            target.display(),
+            format!("the API server refuses the apply: {why}"),
+        )),
     })
 }
 

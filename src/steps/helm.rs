@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use crate::change::{Change, ChangeKind};
 use crate::error::{StepError, StepResult};
 use crate::plan::model::{ChartRef, Helm};
 use crate::process::Tool;
@@ -139,6 +140,85 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     Ok(Outcome::Changed {
         summary: format!("{what}{recovered}"),
     })
+}
+
+/// What `run` would change: the release installed, upgraded to another chart version, or
+/// given other values (a diff of the values helm recorded and the plan's), or recovered
+/// from a pending or failed state. Reads helm's own record; runs no helm that writes.
+pub async fn preview(h: &Helm, ctx: &StepCtx) -> StepResult<Vec<Change>> {
+    let desired = desired_values(h)?;
+    let (chart_name, chart_version) = chart_identity(h)?;
+    let target = format!("helm release {}/{}", h.namespace, h.release);
+    let mut changes = Vec::new();
+    if h.create_namespace {
+        changes.extend(super::namespace::preview(&namespace_of(h), ctx).await?);
+    }
+    let Some(d) = observe(h, ctx).await? else {
+        let mut c = Change::create(target, &desired, None);
+        c.summary = format!("would be installed: chart {chart_name} {chart_version}");
+        c.diff = crate::change::unified(
+            "",
+            &crate::change::to_yaml(&desired),
+            "(not installed)",
+            &format!("values of {}", h.release),
+        );
+        changes.push(c);
+        return Ok(changes);
+    };
+    let mut notes = Vec::new();
+    let mut fields = Vec::new();
+    if d.status == "pending-install" {
+        changes.push(Change::note(
+            ChangeKind::Delete,
+            target.clone(),
+            "left pending-install by an interrupted helm: a run uninstalls it, then installs"
+                .into(),
+        ));
+    } else if d.status.starts_with("pending-") {
+        notes.push(format!(
+            "left {} by an interrupted helm: a run drops that revision first",
+            d.status
+        ));
+    } else if d.status != "deployed" {
+        notes.push(format!("status {}: a run upgrades it again", d.status));
+    }
+    if d.chart != chart_name || d.version != chart_version {
+        fields.push("chart".to_string());
+        notes.push(format!(
+            "chart {} {} -> {chart_name} {chart_version}",
+            d.chart, d.version
+        ));
+    }
+    let value_fields: Vec<String> = crate::change::changed_paths(&d.values, &desired)
+        .into_iter()
+        .map(|f| format!("values.{f}"))
+        .collect();
+    if !value_fields.is_empty() {
+        notes.push(crate::change::fields_summary(&value_fields));
+    }
+    fields.extend(value_fields);
+    if notes.is_empty() {
+        return Ok(changes);
+    }
+    changes.push(Change {
+        kind: ChangeKind::Update,
+        diff: crate::change::unified(
+            &crate::change::to_yaml(&d.values),
+            &crate::change::to_yaml(&desired),
+            &format!("values of {} (deployed)", h.release),
+            &format!("values of {} (plan)", h.release),
+        ),
+        target,
+        fields,
+        summary: notes.join("; "),
+    });
+    Ok(changes)
+}
+
+/// The release's state for `status`: its status and chart as helm recorded them, or `None`
+/// when it is not installed.
+pub async fn release_status(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
+    observe(h, ctx).await
 }
 
 /// Clears a release stuck `pending-install`, `pending-upgrade` or `pending-rollback`;

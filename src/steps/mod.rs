@@ -161,6 +161,34 @@ pub async fn teardown(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
     }
 }
 
+/// What `bookinfo-up diff` finds for a step against the live cluster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", content = "items", rename_all = "kebab-case")]
+pub enum Preview {
+    /// The changes a run would make; none when the step is converged.
+    Changes(Vec<crate::change::Change>),
+    /// A check: what a run would verify (diff verifies nothing).
+    WouldCheck(Vec<String>),
+    /// A step whose effect cannot be known without running it (a command, traffic): what
+    /// a run would do.
+    WouldRun(Vec<String>),
+}
+
+/// What a run of the step would change, found by reading and by server-side dry runs: it
+/// never writes. Each kind compares exactly as its `run` decides whether to act.
+pub async fn preview(step: &Step, ctx: &StepCtx) -> StepResult<Preview> {
+    let changes = match &step.action {
+        Action::Helm(h) => helm::preview(h, ctx).await?,
+        Action::Apply(a) => apply::preview(a, ctx).await?,
+        Action::Namespace(n) => namespace::preview(n, ctx).await?,
+        Action::Patch(p) => patch::preview(p, ctx).await?,
+        Action::ConfigMerge(c) => patch::preview_config_merge(c, ctx).await?,
+        Action::Wait(_) | Action::Http(_) => return Ok(Preview::WouldCheck(describe(step))),
+        Action::Traffic(_) | Action::Exec(_) => return Ok(Preview::WouldRun(describe(step))),
+    };
+    Ok(Preview::Changes(changes))
+}
+
 /// What a step would do, in a line or a few, for `--dry-run`.
 pub fn describe(step: &Step) -> Vec<String> {
     match &step.action {

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
+use crate::change::{Change, ChangeKind};
 use crate::error::{StepError, StepResult};
 use crate::kube::apply::DeleteOutcome;
 use crate::kube::{FIELD_MANAGER, PLAN_LABEL, STEP_ANNOTATION, api_error};
@@ -81,6 +82,42 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     Ok(Outcome::Changed {
         summary: format!("labelled namespace {} {}", n.name, pairs(&missing)),
     })
+}
+
+/// What `run` would change: the namespace created, or the plan's labels it lacks.
+pub async fn preview(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Vec<Change>> {
+    let kube = ctx.kube()?;
+    let api: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
+    let live = api
+        .get_opt(&n.name)
+        .await
+        .map_err(|e| api_error(format!("cannot read namespace {}", n.name), e))?;
+    let target = format!("Namespace {}", n.name);
+    let Some(live) = live else {
+        let mut labels = n.labels.clone();
+        labels.insert(PLAN_LABEL.into(), ctx.plan_name.clone());
+        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name, "labels": labels}});
+        return Ok(vec![Change::create(target, &object, None)]);
+    };
+    if live.metadata.deletion_timestamp.is_some() {
+        return Ok(vec![Change::note(
+            ChangeKind::Create,
+            target,
+            "is being deleted: a run waits for it to go, then creates it".into(),
+        )]);
+    }
+    let before = live.metadata.labels.clone().unwrap_or_default();
+    let mut after = before.clone();
+    after.extend(n.labels.clone());
+    if after == before {
+        return Ok(Vec::new());
+    }
+    let object = |labels: &BTreeMap<String, String>| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name, "labels": labels}});
+    Ok(vec![Change::update(
+        target,
+        &object(&before),
+        &object(&after),
+    )])
 }
 
 pub async fn teardown(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use crate::change::{Change, ChangeKind};
 use crate::error::{StepError, StepResult};
-use crate::kube::apply::ApplyOutcome;
+use crate::kube::apply::{ApplyOutcome, Preview};
 use crate::kube::{FIELD_MANAGER, Kube, api_error, is_not_found};
 use crate::plan::model;
 use crate::run::{Outcome, StepCtx};
@@ -57,6 +58,39 @@ pub async fn run(p: &model::Patch, ctx: &StepCtx) -> StepResult<Outcome> {
         }
         Outcome::Changed { summary }
     })
+}
+
+/// What `run` would change: each partial object's dry run under its manager.
+pub async fn preview(p: &model::Patch, ctx: &StepCtx) -> StepResult<Vec<Change>> {
+    let kube = ctx.kube()?;
+    let mut changes = Vec::new();
+    for m in &p.objects {
+        let name = crate::steps::object_name(&m.object, Some("default"));
+        let Some(target) = kube.locate_if_served(&m.object, "default").await? else {
+            changes.push(Change::note(
+                ChangeKind::Update,
+                name,
+                "would be patched once its kind is served (it comes with an earlier step)".into(),
+            ));
+            continue;
+        };
+        let change = match kube.preview_partial(&target, &p.field_manager).await? {
+            Preview::Unchanged => continue,
+            Preview::Update { live, after } => Change::update(target.display(), &live, &after),
+            Preview::Missing | Preview::Create(_) => Change::note(
+                ChangeKind::Update,
+                target.display(),
+                "does not exist yet: patched once an earlier step creates it".into(),
+            ),
+            Preview::Refused(why) => Change::note(
+                ChangeKind::Update,
+                target.display(),
+                format!("the patch would fail: {why}"),
+            ),
+        };
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 pub async fn teardown(p: &model::Patch, ctx: &StepCtx) -> StepResult<Outcome> {
@@ -178,6 +212,62 @@ pub async fn run_config_merge(c: &model::ConfigMerge, ctx: &StepCtx) -> StepResu
         ));
     }
     Ok(Outcome::Changed { summary })
+}
+
+/// What `run_config_merge` would change: the key's content before and after the merge, and
+/// the restarts that would follow.
+pub async fn preview_config_merge(
+    c: &model::ConfigMerge,
+    ctx: &StepCtx,
+) -> StepResult<Vec<Change>> {
+    let kube = ctx.kube()?;
+    let cm = ConfigMapKey::new(kube, c);
+    let target = format!("ConfigMap {}/{}", c.namespace, c.configmap);
+    let Some(live) = cm.get().await? else {
+        return Ok(vec![Change::note(
+            ChangeKind::Update,
+            target,
+            format!(
+                "does not exist yet: {} is merged once an earlier step creates it",
+                c.key
+            ),
+        )]);
+    };
+    let text = live.data.as_ref().and_then(|d| d.get(&c.key));
+    let current = cm.parse(text.map(String::as_str))?;
+    let mut merged = current.clone();
+    deep_merge(&mut merged, &c.merge, &mut Vec::new(), &mut Vec::new());
+    let restarts = restart_list(&c.restart).replace(',', ", ");
+    if merged == current {
+        if annotation(&live, &cm.pending_annotation).is_some() && !c.restart.is_empty() {
+            return Ok(vec![Change::note(
+                ChangeKind::Update,
+                target,
+                format!("restart of {restarts} left over from an earlier run"),
+            )]);
+        }
+        return Ok(Vec::new());
+    }
+    let key = c.key.clone();
+    let wrap = |v: &Value| json!({ "data": { key.as_str(): crate::change::to_yaml(v) } });
+    let mut change = Change::update(target, &wrap(&current), &wrap(&merged));
+    change.fields = crate::change::changed_paths(&current, &merged)
+        .into_iter()
+        .map(|f| format!("{}:{f}", c.key))
+        .collect();
+    change.summary = crate::change::fields_summary(&change.fields);
+    change.diff = crate::change::unified(
+        &crate::change::to_yaml(&current),
+        &crate::change::to_yaml(&merged),
+        &format!("{} (live)", cm.what),
+        &format!("{} (plan)", cm.what),
+    );
+    if !c.restart.is_empty() {
+        change
+            .summary
+            .push_str(&format!("; then restarts {restarts}"));
+    }
+    Ok(vec![change])
 }
 
 pub async fn teardown_config_merge(c: &model::ConfigMerge, ctx: &StepCtx) -> StepResult<Outcome> {

@@ -1,0 +1,488 @@
+//! `bookinfo-up diff` and `bookinfo-up status`: read-only looks at the cluster a plan runs
+//! against. Neither creates a cluster, starts a stopped one, marks an owner or writes: the
+//! client is built read-only (`kube::read_only`), helm only lists and reads, and the steps
+//! contribute `steps::preview`, which reads and dry-runs. `status` also runs the plan's checks
+//! once, briefly; checks only read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::fetch_remote;
+use crate::change::ChangeKind;
+use crate::cli::{
+    ColorChoice, EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_INCOMPLETE, EXIT_USAGE, InspectArgs, check_ids,
+    load_plan, overrides_of, resolve_plan,
+};
+use crate::kube::Kube;
+use crate::kube::readiness::{self, Readiness};
+use crate::plan::{Action, Plan, Step};
+use crate::provider::{self, Access, Overrides};
+use crate::report::inspect as render;
+use crate::run::{NextSteps, Outcome, StepCtx};
+use crate::steps::Preview;
+
+/// How long `status` gives each check (a wait, an HTTP check) before it calls it failing.
+const CHECK_TIME: Duration = Duration::from_secs(5);
+
+/// A plan and a read-only client for its cluster.
+struct Target {
+    plan: Plan,
+    kube: Arc<Kube>,
+    access: Access,
+    options: Overrides,
+    color: bool,
+}
+
+/// Resolves the plan, finds its cluster without creating it, connects read-only, fetches
+/// the remote manifests. `Err` is the exit code, its message printed.
+async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
+    let source = resolve_plan(a.plan.as_deref()).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_USAGE
+    })?;
+    let mut plan = load_plan(&source.path).ok_or(EXIT_USAGE)?;
+    check_ids(&plan, &a.only, &a.skip).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_USAGE
+    })?;
+    let o = overrides_of(a.kubeconfig.clone(), a.context.clone());
+    let cancel = CancellationToken::new();
+    let managed = !matches!(
+        provider::effective(&plan, &o),
+        crate::plan::Provider::Existing { .. }
+    );
+    let cluster = &plan.cluster.name;
+    if managed {
+        match provider::exists(&plan, &o, &cancel).await {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!(
+                    "error: {} cluster `{cluster}` does not exist: there is nothing to compare with\n  = help: `bookinfo-up {}` creates it; `--context` or `--kubeconfig` look at another cluster",
+                    plan.cluster.provider_name(),
+                    plan_arg(a)
+                );
+                return Err(EXIT_CLUSTER);
+            }
+            Err(e) => {
+                eprintln!("error: cannot tell whether cluster `{cluster}` exists: {e}");
+                return Err(EXIT_CLUSTER);
+            }
+        }
+    }
+    let access = provider::access_for_down(&plan, &o).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CLUSTER
+    })?;
+    let kube = Kube::connect_read_only(&access.kubeconfig, access.context.as_deref())
+        .await
+        .map_err(|e| {
+            eprintln!("error: {}", e.chain());
+            EXIT_CLUSTER
+        })?;
+    // One read that every later one depends on: whether the API server answers, and whose
+    // cluster this is.
+    match provider::owner(&kube).await {
+        Ok(Some(owner)) if managed && owner != plan.name => {
+            eprintln!(
+                "error: cluster `{cluster}` was made by plan `{owner}`, not `{}`: comparing would mislead\n  = help: name plan `{owner}`, or give this plan its own cluster name",
+                plan.name
+            );
+            return Err(EXIT_CLUSTER);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let help = if managed {
+                format!(
+                    "\n  = help: a stopped cluster is started by `bookinfo-up {}`",
+                    plan_arg(a)
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("error: the API server of cluster `{cluster}` does not answer: {e}{help}");
+            return Err(EXIT_CLUSTER);
+        }
+    }
+    fetch_remote(&mut plan, &o, &|_| {}).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INCOMPLETE
+    })?;
+    let color = match a.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            use std::io::IsTerminal as _;
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stdout().is_terminal()
+        }
+    };
+    Ok(Target {
+        plan,
+        kube: Arc::new(kube),
+        access,
+        options: o,
+        color,
+    })
+}
+
+/// The plan as the user named it, for help lines.
+fn plan_arg(a: &InspectArgs) -> String {
+    a.plan
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+impl Target {
+    /// The steps `--only`/`--skip` select, in plan order.
+    fn steps<'a>(&'a self, a: &InspectArgs) -> Vec<&'a Step> {
+        self.plan
+            .steps
+            .iter()
+            .filter(|s| a.only.is_empty() || a.only.contains(&s.id))
+            .filter(|s| !a.skip.contains(&s.id))
+            .collect()
+    }
+
+    fn ctx(&self, step: &Step) -> StepCtx {
+        // Progress goes nowhere: these commands print their result only.
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        StepCtx::new(
+            step.id.clone(),
+            self.plan.name.clone(),
+            Some(self.kube.clone()),
+            tx,
+            CancellationToken::new(),
+            std::env::temp_dir(),
+            self.options.state_dir.join("artifacts"),
+        )
+    }
+
+    /// Each step's preview, in plan order, `jobs` at once.
+    async fn previews(&self, steps: &[&Step], jobs: usize) -> Vec<Result<Preview, String>> {
+        let work: Vec<_> = steps
+            .iter()
+            .map(|s| async move {
+                crate::steps::preview(s, &self.ctx(s))
+                    .await
+                    .map_err(|e| e.chain())
+            })
+            .collect();
+        futures::stream::iter(work).buffered(jobs).collect().await
+    }
+}
+
+/// One step's preview, for the renderers and the JSON document.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPreview {
+    pub id: String,
+    pub kind: &'static str,
+    /// How many things a run would change.
+    pub changes: usize,
+    #[serde(flatten)]
+    pub preview: Option<Preview>,
+    /// Why the step could not be compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `bookinfo-up diff`.
+pub async fn diff(a: InspectArgs) -> i32 {
+    let t = match prepare(&a).await {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let steps = t.steps(&a);
+    let previews = t.previews(&steps, a.jobs as usize).await;
+    let items: Vec<StepPreview> = steps
+        .iter()
+        .zip(previews)
+        .map(|(s, p)| {
+            let (preview, error) = match p {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
+            };
+            StepPreview {
+                id: s.id.clone(),
+                kind: s.kind(),
+                changes: match &preview {
+                    Some(Preview::Changes(c)) => c.len(),
+                    _ => 0,
+                },
+                preview,
+                error,
+            }
+        })
+        .collect();
+    let changes: usize = items.iter().map(|i| i.changes).sum();
+    let failed = items.iter().filter(|i| i.error.is_some()).count();
+    if a.output.is_some() {
+        let doc = serde_json::json!({
+            "plan": t.plan.name,
+            "cluster": t.plan.cluster.name,
+            "changes": changes,
+            "steps": items,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!("{}", render::diff_text(&items, t.color));
+    }
+    if failed > 0 {
+        EXIT_INCOMPLETE
+    } else if changes > 0 {
+        EXIT_DIFFERENT
+    } else {
+        0
+    }
+}
+
+/// Where a step stands, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Converged,
+    /// It exists but differs from the plan.
+    Drifted,
+    /// What it makes does not exist.
+    Missing,
+    /// A check does not pass, or the step could not be compared.
+    Failing,
+    /// Its effect cannot be known without running it (a command, traffic).
+    NotChecked,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStatus {
+    pub id: String,
+    pub kind: &'static str,
+    pub state: State,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::change::Change>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseStatus {
+    pub release: String,
+    pub namespace: String,
+    /// helm's status (`deployed`, `failed`, `pending-upgrade`, ...), or `not installed`.
+    pub status: String,
+    pub chart: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unhealthy {
+    /// `namespace/name: why`
+    pub deployments: Vec<String>,
+    pub pods: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub plan: String,
+    pub cluster: String,
+    pub healthy: bool,
+    pub steps: Vec<StepStatus>,
+    pub releases: Vec<ReleaseStatus>,
+    pub unhealthy: Unhealthy,
+    pub next: NextSteps,
+}
+
+/// `bookinfo-up status`.
+pub async fn status(a: InspectArgs) -> i32 {
+    let t = match prepare(&a).await {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let steps = t.steps(&a);
+    let previews = t.previews(&steps, a.jobs as usize).await;
+    let mut statuses = Vec::new();
+    for (s, p) in steps.iter().zip(previews) {
+        statuses.push(match p {
+            Ok(Preview::Changes(changes)) => step_state(s, changes),
+            Ok(Preview::WouldCheck(_)) => check_once(&t, s).await,
+            Ok(Preview::WouldRun(lines)) => StepStatus {
+                id: s.id.clone(),
+                kind: s.kind(),
+                state: State::NotChecked,
+                summary: format!("not checked: a run would {}", lines.join("; ")),
+                changes: Vec::new(),
+            },
+            Err(e) => StepStatus {
+                id: s.id.clone(),
+                kind: s.kind(),
+                state: State::Failing,
+                summary: format!("could not be compared: {e}"),
+                changes: Vec::new(),
+            },
+        });
+    }
+    let mut releases = Vec::new();
+    for s in &steps {
+        if let Action::Helm(h) = &s.action {
+            let found = crate::steps::helm::release_status(h, &t.ctx(s)).await;
+            releases.push(match found {
+                Ok(Some(d)) => ReleaseStatus {
+                    release: h.release.clone(),
+                    namespace: h.namespace.clone(),
+                    status: d.status,
+                    chart: d.chart,
+                    version: d.version,
+                },
+                Ok(None) => ReleaseStatus {
+                    release: h.release.clone(),
+                    namespace: h.namespace.clone(),
+                    status: "not installed".into(),
+                    chart: String::new(),
+                    version: String::new(),
+                },
+                Err(e) => ReleaseStatus {
+                    release: h.release.clone(),
+                    namespace: h.namespace.clone(),
+                    status: format!("unknown: {}", e.message),
+                    chart: String::new(),
+                    version: String::new(),
+                },
+            });
+        }
+    }
+    let namespaces: std::collections::BTreeSet<String> =
+        steps.iter().flat_map(|s| s.namespaces()).collect();
+    let unhealthy = unhealthy(&t.kube, &namespaces).await;
+    let healthy = statuses
+        .iter()
+        .all(|s| matches!(s.state, State::Converged | State::NotChecked))
+        && releases.iter().all(|r| r.status == "deployed")
+        && unhealthy.deployments.is_empty()
+        && unhealthy.pods.is_empty();
+    let report = StatusReport {
+        plan: t.plan.name.clone(),
+        cluster: t.plan.cluster.name.clone(),
+        healthy,
+        steps: statuses,
+        releases,
+        unhealthy,
+        next: super::next_steps(&t.plan, &t.access),
+    };
+    if a.output.is_some() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render::status_text(&report, t.color));
+    }
+    if healthy { 0 } else { EXIT_DIFFERENT }
+}
+
+/// A changing step's state from what a run would change.
+fn step_state(s: &Step, changes: Vec<crate::change::Change>) -> StepStatus {
+    let state = if changes.is_empty() {
+        State::Converged
+    } else if changes.iter().all(|c| c.kind == ChangeKind::Create) {
+        State::Missing
+    } else {
+        State::Drifted
+    };
+    let summary = match state {
+        State::Converged => String::new(),
+        _ => {
+            let mut parts: Vec<String> = changes
+                .iter()
+                .take(2)
+                .map(|c| format!("{}: {}", c.target, c.summary))
+                .collect();
+            if changes.len() > 2 {
+                parts.push(format!("and {} more", changes.len() - 2));
+            }
+            parts.join("; ")
+        }
+    };
+    StepStatus {
+        id: s.id.clone(),
+        kind: s.kind(),
+        state,
+        summary,
+        changes,
+    }
+}
+
+/// Runs a check once, for up to `CHECK_TIME`: its own summary when it passes, what it waits
+/// for (the step's timeout explanation) when it does not.
+async fn check_once(t: &Target, s: &Step) -> StepStatus {
+    let ctx = t.ctx(s).with_timeout(CHECK_TIME);
+    let (state, summary) = match tokio::time::timeout(CHECK_TIME, crate::steps::run(s, &ctx)).await
+    {
+        Ok(Ok(Outcome::Changed { summary } | Outcome::Unchanged { summary })) => {
+            (State::Converged, summary)
+        }
+        Ok(Ok(other)) => (State::Failing, format!("{other:?}")),
+        Ok(Err(e)) => (State::Failing, e.chain()),
+        Err(_) => {
+            let why = s
+                .explain_timeout(&t.kube)
+                .await
+                .unwrap_or_else(|| format!("no answer within {}s", CHECK_TIME.as_secs()));
+            (State::Failing, why)
+        }
+    };
+    StepStatus {
+        id: s.id.clone(),
+        kind: s.kind(),
+        state,
+        summary,
+        changes: Vec::new(),
+    }
+}
+
+/// Deployments not available and pods not ready in the plan's namespaces, with why.
+async fn unhealthy(kube: &Kube, namespaces: &std::collections::BTreeSet<String>) -> Unhealthy {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let mut out = Unhealthy::default();
+    let lp = kube::api::ListParams::default();
+    for ns in namespaces {
+        let deployments: kube::Api<Deployment> = kube::Api::namespaced(kube.client.clone(), ns);
+        match deployments.list(&lp).await {
+            Ok(list) => {
+                for d in &list.items {
+                    if let Readiness::Waiting(why) | Readiness::Failed(why) =
+                        readiness::deployment(d)
+                    {
+                        let name = d.metadata.name.clone().unwrap_or_default();
+                        out.deployments.push(format!("{ns}/{name}: {why}"));
+                    }
+                }
+            }
+            Err(e) if crate::kube::is_not_found(&e) => {}
+            Err(e) => out
+                .deployments
+                .push(format!("{ns}: cannot list Deployments: {e}")),
+        }
+        let pods: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), ns);
+        match pods.list(&lp).await {
+            Ok(list) => {
+                for p in &list.items {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                    if readiness::pod_is_gone(p) || phase == Some("Succeeded") {
+                        continue;
+                    }
+                    if let Readiness::Waiting(why) | Readiness::Failed(why) =
+                        readiness::pod(p, None, None)
+                    {
+                        let name = p.metadata.name.clone().unwrap_or_default();
+                        out.pods.push(format!("{ns}/{name}: {why}"));
+                    }
+                }
+            }
+            Err(e) if crate::kube::is_not_found(&e) => {}
+            Err(e) => out.pods.push(format!("{ns}: cannot list pods: {e}")),
+        }
+    }
+    out
+}
