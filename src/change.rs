@@ -324,8 +324,16 @@ mod tests {
         for secret in ["aHVudGVyMg==", "YWRtaW4=", "c3dvcmRmaXNo", "plain-secret"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
-        assert!(c.diff.contains("-  password: \"*** (before)\""), "{}", c.diff);
-        assert!(c.diff.contains("+  password: \"*** (after)\""), "{}", c.diff);
+        assert!(
+            c.diff.contains("-  password: \"*** (before)\""),
+            "{}",
+            c.diff
+        );
+        assert!(
+            c.diff.contains("+  password: \"*** (after)\""),
+            "{}",
+            c.diff
+        );
         assert!(
             c.fields.contains(&"data.password".to_string()),
             "{:?}",

@@ -3,6 +3,7 @@
 mod bad_plans;
 mod cli_cancel;
 mod common;
+mod diff_status;
 mod existing_teardown;
 mod http_check;
 mod kind_preflight;

@@ -131,6 +131,7 @@ pub fn net(dir: &Path) -> Result<Net, ProviderError> {
                 .into_iter()
                 .chain(std::iter::once((format!("10.249.{slot}.0"), 24)))
                 .all(|(addr, len)| !overlaps_any(&addr, len, &routes))
+                && claim(Path::new(SLOT_CLAIMS), slot, dir)
         })
         .ok_or_else(|| ProviderError::Tool {
             message:
@@ -141,6 +142,54 @@ pub fn net(dir: &Path) -> Result<Net, ProviderError> {
         message: format!("cannot write `{}`: {e}", file.display()),
     })?;
     Ok(Net { slot, id })
+}
+
+/// Where clusters claim their slots: one file per slot, created exclusively, naming the
+/// cluster's state folder. Two clusters created at once would otherwise both find the same
+/// slot unrouted. On tmpfs, like the network namespaces, so a reboot clears both.
+const SLOT_CLAIMS: &str = "/run/bookinfo-up/istiod-slots";
+
+/// Claims `slot` for the cluster in `dir`; a claim whose state folder is gone, or records
+/// another slot, is stale and taken over (a cluster being created has no record yet: its
+/// claim holds).
+fn claim(claims: &Path, slot: u8, dir: &Path) -> bool {
+    use std::io::Write as _;
+    let _ = std::fs::create_dir_all(claims);
+    let file = claims.join(slot.to_string());
+    let me = dir.to_string_lossy().to_string();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+        {
+            Ok(mut f) => return f.write_all(me.as_bytes()).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&file).unwrap_or_default();
+                if owner == me {
+                    return true;
+                }
+                let recorded = std::fs::read_to_string(Path::new(&owner).join("istiod-net"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u8>().ok());
+                let stale = !Path::new(&owner).is_dir() || recorded.is_some_and(|r| r != slot);
+                if owner.is_empty() || !stale {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&file);
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Gives the cluster's slot back, when the claim is its own.
+pub fn release(net: &Net, dir: &Path) {
+    let file = Path::new(SLOT_CLAIMS).join(net.slot.to_string());
+    if std::fs::read_to_string(&file).is_ok_and(|o| o == dir.to_string_lossy()) {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Creates the network unless it is there (a reboot removes it; the cluster's record stays).
@@ -325,6 +374,39 @@ fn overlaps_any(addr: &str, len: u32, routes: &[(u32, u32)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_claimed_once() {
+        let claims = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        assert!(claim(claims.path(), 7, a.path()));
+        assert!(
+            claim(claims.path(), 7, a.path()),
+            "a cluster keeps its own claim"
+        );
+        assert!(
+            !claim(claims.path(), 7, b.path()),
+            "taken by a cluster being made"
+        );
+        std::fs::write(a.path().join("istiod-net"), "7").unwrap();
+        assert!(
+            !claim(claims.path(), 7, b.path()),
+            "taken by a live cluster"
+        );
+        std::fs::write(a.path().join("istiod-net"), "9").unwrap();
+        assert!(
+            claim(claims.path(), 7, b.path()),
+            "a stale claim is taken over"
+        );
+        let c = tempfile::tempdir().unwrap();
+        let gone = a.path().to_path_buf();
+        drop(a);
+        assert!(claim(claims.path(), 9, &gone));
+        assert!(
+            claim(claims.path(), 9, c.path()),
+            "a vanished folder's claim is stale"
+        );
+    }
 
     #[test]
     fn ranges_that_overlap_a_route_are_taken() {

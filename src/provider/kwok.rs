@@ -502,7 +502,9 @@ pub async fn delete(
 /// Removes the network of the cluster's istiod, if it has one.
 async fn delete_istiod_net(dir: &Path, cancel: &CancellationToken) -> Result<(), ProviderError> {
     if dir.join("istiod-net").is_file() {
-        istiod::delete_net(&istiod::net(dir)?, cancel).await;
+        let net = istiod::net(dir)?;
+        istiod::delete_net(&net, cancel).await;
+        istiod::release(&net, dir);
         let _ = std::fs::remove_file(dir.join("istiod-net"));
     }
     Ok(())
