@@ -94,6 +94,7 @@ TARGETS = {
     "cold_speedup": 3.0,
     "sim_noop_seconds": 1.0,
     "rss_mb": 50.0,
+    "diff_speedup": 10.0,
 }
 
 
@@ -714,6 +715,37 @@ class Bench:
                 self.check_restored(image, f"drift-{i}-{side}")
             self.pair_line("drift", i, pair["A"], pair["B"])
 
+    def diff_runs(self):
+        """`bookinfo-up diff` of the full sim plan (A) against `kubectl diff --server-side` over
+        the plan's rendered manifests (B), both on the converged sim cluster."""
+        log(f"diff: {self.args.pairs} pairs, on the converged sim plan's cluster")
+        self.render()
+        files = [a for f in sorted(self.manifests.rglob("*.yaml")) for a in ("-f", str(f))]
+        sides = {
+            "A": [UP, "diff", PLAN_SIM, "--color", "never"],
+            "B": ["kubectl", "--kubeconfig", str(self.kubeconfig), "diff", "--server-side",
+                  "--force-conflicts", *files],
+        }
+        for i in range(1, self.args.pairs + 1):
+            pair = {}
+            for side in ("A", "B"):
+                label = f"diff-{i}-{side}"
+                out, err = self.files(label)
+                before = self.api.requests_total()
+                r = measure(sides[side], self.env, out, err)
+                r["apiserver"] = metrics_delta(before, self.api.requests_total())
+                # A: 0, the cluster is converged. B: 0 or 1 (kubectl diff's "differences":
+                # the addon's Kiali ConfigMap, which the plan merges into, differs).
+                if (side == "A" and r["rc"] != 0) or r["rc"] > 1:
+                    raise RuntimeError(f"{label}: exited {r['rc']}; see {err}")
+                r.update(side=side, scenario="diff", label=label)
+                self.results["runs"].append(r)
+                pair[side] = r
+            a, b = pair["A"], pair["B"]
+            log(f"  diff pair {i}: A {a['seconds']:.3f} s (exit {a['rc']}), B {b['seconds']:.3f} s "
+                f"(exit {b['rc']}), B/A {b['seconds'] / a['seconds']:.1f}x; apiserver requests "
+                f"{a['apiserver']['total']}/{b['apiserver']['total']}")
+
     def teardown(self, failed=False):
         """Deletes the sim plan's cluster (and the unthrottled one, if any), and the work
         folder unless a run failed (its logs say why)."""
@@ -907,6 +939,19 @@ def summarize(results: dict) -> dict:
                       for sid in sim[0]["steps"]},
             "not_noop": sorted({x for r in sim for x in r.get("not_noop", [])}),
         }
+    diff = [r for r in runs if r["scenario"] == "diff"]
+    if diff:
+        a = [r for r in diff if r["side"] == "A"]
+        b = [r for r in diff if r["side"] == "B"]
+        s["diff"] = {
+            "a_median": median([r["seconds"] for r in a]),
+            "b_median": median([r["seconds"] for r in b]),
+            "speedup_median": median([y["seconds"] / x["seconds"] for x, y in zip(a, b)]),
+            "pairs": [{"a": x["seconds"], "b": y["seconds"], "b_over_a": y["seconds"] / x["seconds"],
+                       "rc": (x["rc"], y["rc"]),
+                       "apiserver": (x["apiserver"]["total"], y["apiserver"]["total"])}
+                      for x, y in zip(a, b)],
+        }
     cold_sim = [r for r in runs if r["scenario"] == "sim-cold"]
     if cold_sim:
         s["sim_cold"] = cold_sim[0]["seconds"]
@@ -934,6 +979,10 @@ def verdicts(s: dict) -> list[tuple[str, str, bool]]:
     if "sim" in s:
         out.append((f"full sim plan no-op under {t['sim_noop_seconds']:.0f} s",
                     f"{s['sim']['median']:.3f} s", s["sim"]["median"] < t["sim_noop_seconds"]))
+    if "diff" in s:
+        out.append((f"diff of the full sim plan ≥ {t['diff_speedup']:.0f}× faster than "
+                    "`kubectl diff --server-side`", f"{s['diff']['speedup_median']:.1f}×",
+                    s["diff"]["speedup_median"] >= t["diff_speedup"]))
     if s.get("rss_max") is not None:
         out.append((f"peak RSS of bookinfo-up under {t['rss_mb']:.0f} MB", f"{s['rss_max']:.1f} MB",
                     s["rss_max"] < t["rss_mb"]))
@@ -1063,6 +1112,22 @@ def markdown(results: dict, s: dict) -> str:
             L.append(f"- **Not a no-op**: changed {x['not_noop']}.")
         L.append("")
 
+    if "diff" in s:
+        x = s["diff"]
+        L.append("## diff, read-only, on the converged sim plan\n")
+        L.append("A: `bookinfo-up diff plans/sim.toml` (every step: Helm releases read from their "
+                 "storage Secrets, every object a GET and a server-side dry run, namespaces, the "
+                 "Kiali merge). B: `kubectl diff --server-side --force-conflicts` over the plan's "
+                 "rendered manifests (B does less: no Helm releases, no merge). Same cluster, "
+                 f"alternating. Median A **{x['a_median']:.3f} s**, B {x['b_median']:.3f} s, "
+                 f"B/A **{x['speedup_median']:.1f}×**.\n")
+        L.append("| pair | A | B | B/A | exit A / B | apiserver requests A / B |")
+        L.append("|---|---|---|---|---|---|")
+        for i, p in enumerate(x["pairs"], 1):
+            L.append(f"| {i} | {p['a']:.3f} s | {p['b']:.3f} s | {p['b_over_a']:.1f}× | "
+                     f"{p['rc'][0]} / {p['rc'][1]} | {p['apiserver'][0]} / {p['apiserver'][1]} |")
+        L.append("")
+
     L.append("## Peak RSS of bookinfo-up\n")
     for k, name in SCENARIOS.items():
         if k in s:
@@ -1088,6 +1153,11 @@ def print_summary(s: dict):
                   f"{x['speedup_median']:>5.1f}×   {pairs}")
     if "sim" in s:
         print(f"{'sim plan no-op (Helm steps included)':<38} {s['sim']['median']:>7.3f} s")
+    if "diff" in s:
+        x = s["diff"]
+        pairs = " ".join(f"{p['b_over_a']:.1f}" for p in x["pairs"])
+        print(f"{'diff vs kubectl diff --server-side':<38} {x['a_median']:>7.3f} s "
+              f"{x['b_median']:>7.3f} s {x['speedup_median']:>5.1f}×   {pairs}")
     print()
     for what, got, ok in verdicts(s):
         print(f"{'met ' if ok else 'MISS'}  {what}: {got}")
@@ -1097,8 +1167,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=5, help="A/B pairs per scenario (default 5)")
     p.add_argument("--sim-runs", type=int, default=7, help="no-op runs of plans/sim.toml (default 7)")
-    p.add_argument("--scenarios", default="cold,noop,drift,cold-unthrottled",
-                   help="which A/B scenarios (default: all four); the sim plan always runs")
+    p.add_argument("--scenarios", default="diff,cold,noop,drift,cold-unthrottled",
+                   help="which A/B scenarios (default: all five); the sim plan always runs")
     p.add_argument("--idle", type=float, default=3.0, help="seconds to measure the idle request rate")
     p.add_argument("--work", help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the cluster and the work folder")
@@ -1131,6 +1201,8 @@ def main():
     failed = True
     try:
         bench.sim()
+        if "diff" in scenarios:
+            bench.diff_runs()
         bench.prepare_ab()
         if "cold" in scenarios:
             bench.cold()

@@ -142,7 +142,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "ID")]
     pub skip: Vec<String>,
     /// Steps compared at once
-    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// Colour: on a terminal unless NO_COLOR is set (auto), always, never
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]

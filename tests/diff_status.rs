@@ -294,6 +294,18 @@ fn diff_and_status_see_drift_and_change_nothing() {
 
     env.up();
     let _down = Down(&env);
+    // The charts' HorizontalPodAutoscalers get their first status from the controller-manager
+    // up to a sync period (15 s) after they are made: the cluster's own write, awaited here so
+    // that it cannot land between two dumps.
+    env.kubectl(&[
+        "wait",
+        "-n",
+        "istio-system",
+        "hpa",
+        "--all",
+        "--for=condition=AbleToScale",
+        "--timeout=90s",
+    ]);
 
     // Converged: no changes, healthy.
     let before = env.settled_dump();

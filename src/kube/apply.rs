@@ -59,6 +59,17 @@ impl Located {
         }
     }
 
+    /// The object's key in the ledger, as applied by `manager`.
+    pub fn ledger_key(&self, manager: &str) -> String {
+        super::ledger::key(
+            &self.gvk.api_version(),
+            &self.gvk.kind,
+            self.namespace.as_deref(),
+            &self.name,
+            manager,
+        )
+    }
+
     /// The live object, or `None` when there is none.
     pub async fn get(&self) -> StepResult<Option<Value>> {
         match self.api.get_opt(&self.name).await {
@@ -157,18 +168,21 @@ impl Kube {
     ) -> StepResult<ApplyOutcome> {
         let live = target.get().await?;
         let desired = with_ownership(&target.object, live.as_ref(), owner);
-        match live {
+        let (outcome, after) = match live {
             None => {
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                target
+                let created = target
                     .api
                     .patch(&target.name, &pp, &Patch::Apply(&desired))
                     .await
                     .map_err(|e| api_error(format!("cannot create {}", target.display()), e))?;
-                Ok(ApplyOutcome::Created)
+                (ApplyOutcome::Created, to_value(created))
             }
-            Some(live) => converge(target, &desired, FIELD_MANAGER, true, &live).await,
-        }
+            Some(live) => converge(target, &desired, FIELD_MANAGER, true, live).await?,
+        };
+        self.ledger
+            .record(target.ledger_key(FIELD_MANAGER), &after, &desired);
+        Ok(outcome)
     }
 
     /// Converges a partial object under `manager`, without forcing: a field another manager
@@ -181,7 +195,10 @@ impl Kube {
                 target.display()
             )));
         };
-        converge(target, &target.object, manager, false, &live).await
+        let (outcome, after) = converge(target, &target.object, manager, false, live).await?;
+        self.ledger
+            .record(target.ledger_key(manager), &after, &target.object);
+        Ok(outcome)
     }
 
     /// Removes every field `manager` owns and no other manager shares, by applying an object
@@ -248,7 +265,7 @@ impl Kube {
     }
 }
 
-/// Applies `desired` only when it would change the object.
+/// Applies `desired` only when it would change the object; returns the object afterwards.
 ///
 /// How "would change" is decided: a server-side dry run of the same apply returns the object
 /// as the apply would leave it, without persisting anything. Since nothing is written, the
@@ -265,13 +282,13 @@ async fn converge(
     desired: &Value,
     manager: &str,
     force: bool,
-    live: &Value,
-) -> StepResult<ApplyOutcome> {
+    live: Value,
+) -> StepResult<(ApplyOutcome, Value)> {
     let dry = dry_run(target, desired, manager, force).await?;
-    if !differs(live, &dry, manager) {
-        return Ok(ApplyOutcome::Unchanged);
+    if !differs(&live, &dry, manager) {
+        return Ok((ApplyOutcome::Unchanged, live));
     }
-    target
+    let applied = target
         .api
         .patch(
             &target.name,
@@ -280,7 +297,7 @@ async fn converge(
         )
         .await
         .map_err(|e| api_error(format!("cannot apply {}", target.display()), e))?;
-    Ok(ApplyOutcome::Configured)
+    Ok((ApplyOutcome::Configured, to_value(applied)))
 }
 
 fn params(manager: &str, force: bool) -> PatchParams {
@@ -332,11 +349,21 @@ pub enum Preview {
 }
 
 impl Kube {
-    /// What `apply_owned` would do.
+    /// What `apply_owned` would do. An object the ledger vouches for (unwritten since a run
+    /// found it converged to the same desired object) is unchanged without a dry run.
     pub async fn preview_owned(&self, target: &Located, owner: Owner<'_>) -> StepResult<Preview> {
-        let live = target.get().await?;
-        let desired = with_ownership(&target.object, live.as_ref(), owner);
-        let Some(live) = live else {
+        let meta = self.live_meta(target).await?;
+        let desired = with_ownership(&target.object, meta.as_ref(), owner);
+        let Some(meta) = meta else {
+            return Ok(Preview::Create(desired));
+        };
+        if self
+            .ledger
+            .vouches(&target.ledger_key(FIELD_MANAGER), &meta, &desired)
+        {
+            return Ok(Preview::Unchanged);
+        }
+        let Some(live) = target.get().await? else {
             return Ok(Preview::Create(desired));
         };
         preview(target, &desired, FIELD_MANAGER, true, live).await
@@ -344,6 +371,15 @@ impl Kube {
 
     /// What `apply_partial` would do.
     pub async fn preview_partial(&self, target: &Located, manager: &str) -> StepResult<Preview> {
+        let Some(meta) = self.live_meta(target).await? else {
+            return Ok(Preview::Missing);
+        };
+        if self
+            .ledger
+            .vouches(&target.ledger_key(manager), &meta, &target.object)
+        {
+            return Ok(Preview::Unchanged);
+        }
         let Some(live) = target.get().await? else {
             return Ok(Preview::Missing);
         };

@@ -136,12 +136,19 @@ pub fn ports_config() -> std::io::Result<String> {
     ))
 }
 
+/// Whether kwokctl has the cluster: what `kwokctl get clusters` lists (a folder under its
+/// workdir's `clusters/` holding `kwok.yaml`, kwok's `ListClusters`), read directly rather
+/// than by spawning it.
 pub async fn exists(
     name: &str,
     dir: &Path,
-    cancel: &CancellationToken,
+    _cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
-    super::lists_cluster(kwokctl(dir), name, tool, cancel).await
+    Ok(dir
+        .join("kwok/clusters")
+        .join(name)
+        .join("kwok.yaml")
+        .is_file())
 }
 
 pub async fn ensure(

@@ -40,6 +40,15 @@ struct Target {
 /// Resolves the plan, finds its cluster without creating it, connects read-only, fetches
 /// the remote manifests. `Err` is the exit code, its message printed.
 async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
+    // Warnings to stderr; BOOKINFO_UP_LOG asks for more (`kube_client=debug`: each request).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOOKINFO_UP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        .add_directive("rustls=info".parse().expect("a valid directive"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
     let source = resolve_plan(a.plan.as_deref()).map_err(|e| {
         eprintln!("{e}");
         EXIT_USAGE
@@ -55,7 +64,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         provider::effective(&plan, &o),
         crate::plan::Provider::Existing { .. }
     );
-    let cluster = &plan.cluster.name;
+    let cluster = plan.cluster.name.clone();
     if managed {
         match provider::exists(&plan, &o, &cancel).await {
             Ok(true) => {}
@@ -77,15 +86,22 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         eprintln!("error: {e}");
         EXIT_CLUSTER
     })?;
-    let kube = Kube::connect_read_only(&access.kubeconfig, access.context.as_deref())
+    let mut kube = Kube::connect_read_only(&access.kubeconfig, access.context.as_deref())
         .await
         .map_err(|e| {
             eprintln!("error: {}", e.chain());
             EXIT_CLUSTER
         })?;
+    kube.ledger = crate::kube::ledger::Ledger::load(&super::up::ledger_path(&plan, &o));
     // One read that every later one depends on: whether the API server answers, and whose
-    // cluster this is.
-    match provider::owner(&kube).await {
+    // cluster this is; at the same time, discovery of every group and the remote manifests.
+    let gvks = plan_kinds(&plan);
+    let (owner, (), fetched) = tokio::join!(
+        provider::owner(&kube),
+        kube.prefetch_discovery(&gvks),
+        fetch_remote(&mut plan, &o, &|_| {})
+    );
+    match owner {
         Ok(Some(owner)) if managed && owner != plan.name => {
             eprintln!(
                 "error: cluster `{cluster}` was made by plan `{owner}`, not `{}`: comparing would mislead\n  = help: name plan `{owner}`, or give this plan its own cluster name",
@@ -107,7 +123,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
             return Err(EXIT_CLUSTER);
         }
     }
-    fetch_remote(&mut plan, &o, &|_| {}).await.map_err(|e| {
+    fetched.map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INCOMPLETE
     })?;
@@ -127,6 +143,21 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         options: o,
         color,
     })
+}
+
+/// The kinds of the objects the plan's steps apply and patch (local manifests; fetched ones
+/// are mostly of the same kinds).
+fn plan_kinds(plan: &Plan) -> Vec<kube::core::GroupVersionKind> {
+    let mut out = Vec::new();
+    for s in &plan.steps {
+        let objects = match &s.action {
+            Action::Apply(a) => &a.objects,
+            Action::Patch(p) => &p.objects,
+            _ => continue,
+        };
+        out.extend(objects.iter().map(|m| crate::kube::gvk_of(&m.object)));
+    }
+    out
 }
 
 /// The plan as the user named it, for help lines.

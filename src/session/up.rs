@@ -80,9 +80,10 @@ pub async fn up(args: UpArgs) -> i32 {
         let access = provider::ensure(&plan, &o, &progress, &cancel)
             .await
             .map_err(|e| phase_failure("cluster", e.to_string()))?;
-        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
+        let mut kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
             .await
             .map_err(|e| phase_failure("cluster", e.chain()))?;
+        kube.ledger = crate::kube::ledger::Ledger::load(&ledger_path(&plan, &o));
         if access.managed {
             match provider::owner(&kube).await {
                 Ok(Some(owner)) if owner != plan.name => {
@@ -139,8 +140,20 @@ pub async fn up(args: UpArgs) -> i32 {
         Ok((kube, _)) => {
             let plan = Arc::new(plan.clone());
             let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
-            let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
-            runner.run().await
+            let runner = Runner::new(
+                plan.clone(),
+                Some(kube.clone()),
+                options,
+                tx.clone(),
+                cancel.clone(),
+            );
+            let steps = runner.run().await;
+            // What this run saw converged, for `diff` and `status`; losing it only costs them
+            // time (they dry-run what it does not vouch for).
+            if let Err(e) = kube.ledger.save(&ledger_path(&plan, &o)) {
+                tracing::debug!(error = %e, "cannot save the ledger of applied objects");
+            }
+            steps
         }
         Err(failure) => {
             let _ = tx.send(Event::StepFinished((*failure).clone()));
@@ -155,6 +168,11 @@ pub async fn up(args: UpArgs) -> i32 {
     }
     drop(tx);
     session.finish(report).await
+}
+
+/// Where a cluster's ledger of applied objects (`kube::ledger`) is kept.
+pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> std::path::PathBuf {
+    provider::cluster_dir(plan, o).join("applied.json")
 }
 
 /// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,

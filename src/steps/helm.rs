@@ -18,6 +18,8 @@ pub struct Deployed {
     pub chart: String,
     pub version: String,
     pub values: Value,
+    /// The metadata of helm's storage Secret for this revision, when read through the API.
+    pub record: Option<Value>,
 }
 
 pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
@@ -43,6 +45,10 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
         && d.version == chart_version
         && d.values == desired_values
     {
+        if let Some(record) = &d.record {
+            let applied = ledger_entry(&chart_name, &chart_version, &desired_values);
+            kube.ledger.record(ledger_key(h), record, &applied);
+        }
         return Ok(Outcome::Unchanged {
             summary: format!(
                 "release {} has chart {chart_name} {chart_version} with the same values",
@@ -152,6 +158,18 @@ pub async fn preview(h: &Helm, ctx: &StepCtx) -> StepResult<Vec<Change>> {
     let mut changes = Vec::new();
     if h.create_namespace {
         changes.extend(super::namespace::preview(&namespace_of(h), ctx).await?);
+    }
+    // A release whose storage Secret is as a run last found it converged, to the same chart
+    // and values, needs no decoding.
+    if let Some(meta) = latest_record_meta(h, ctx).await?
+        && meta["metadata"]["labels"]["status"] == "deployed"
+        && ctx.kube()?.ledger.vouches(
+            &ledger_key(h),
+            &meta,
+            &ledger_entry(&chart_name, &chart_version, &desired),
+        )
+    {
+        return Ok(changes);
     }
     let Some(d) = observe(h, ctx).await? else {
         let mut c = Change::create(target, &desired, None);
@@ -396,14 +414,10 @@ async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
     let api: kube::Api<Secret> = kube::Api::namespaced(kube.client.clone(), &h.namespace);
     let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release));
     let secrets = api.list(&params).await.map_err(StepError::from)?;
-    let latest = secrets.items.into_iter().max_by_key(|s| {
-        s.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("version"))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    });
+    let latest = secrets
+        .items
+        .into_iter()
+        .max_by_key(|s| revision_of(&s.metadata));
     let Some(secret) = latest else {
         return Ok(None);
     };
@@ -416,7 +430,47 @@ async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
             h.release
         ))
     })?;
-    Ok(Some(deployed_from_record(&release)))
+    let mut deployed = deployed_from_record(&release);
+    deployed.record = Some(serde_json::json!({"metadata": secret.metadata}));
+    Ok(Some(deployed))
+}
+
+fn ledger_key(h: &Helm) -> String {
+    format!("helm release {}/{}", h.namespace, h.release)
+}
+
+/// What the ledger fingerprints for a release: the chart and the values the plan asks for.
+fn ledger_entry(chart: &str, version: &str, values: &Value) -> Value {
+    serde_json::json!({"chart": chart, "version": version, "values": values})
+}
+
+/// The metadata (`{"metadata": ...}`) of helm's storage Secret for the release's latest
+/// revision, by a metadata-only list; `None` when there is none or another storage driver
+/// is in use.
+async fn latest_record_meta(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Value>> {
+    let driver = std::env::var("HELM_DRIVER").unwrap_or_default();
+    if !(driver.is_empty() || driver.starts_with("secret")) {
+        return Ok(None);
+    }
+    use k8s_openapi::api::core::v1::Secret;
+    let kube = ctx.kube()?;
+    let api: kube::Api<Secret> = kube::Api::namespaced(kube.client.clone(), &h.namespace);
+    let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release));
+    let list = api.list_metadata(&params).await.map_err(StepError::from)?;
+    Ok(list
+        .items
+        .into_iter()
+        .max_by_key(|s| revision_of(&s.metadata))
+        .map(|s| serde_json::json!({"metadata": s.metadata})))
+}
+
+/// The revision in a storage Secret's `version` label.
+fn revision_of(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get("version"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// Helm stores a release as base64 of gzip of JSON (inside the Secret's own encoding).
@@ -459,6 +513,7 @@ pub fn deployed_from_record(release: &Value) -> Deployed {
         } else {
             config.clone()
         },
+        record: None,
     }
 }
 
@@ -511,6 +566,7 @@ pub fn parse_deployed(release: &Value, values: &str) -> StepResult<Deployed> {
         } else {
             v
         },
+        record: None,
     })
 }
 
