@@ -247,7 +247,11 @@ pub fn status_text(r: &StatusReport, color: bool) -> String {
                 plural(unhealthy)
             ));
         }
-        let detail = if not_ok > 0 {
+        let differs = r
+            .steps
+            .iter()
+            .any(|s| matches!(s.state, State::Drifted | State::Missing));
+        let detail = if differs {
             "; `bookinfo-up diff` shows the differences"
         } else {
             ""

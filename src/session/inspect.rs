@@ -95,6 +95,14 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     kube.ledger = crate::kube::ledger::Ledger::load(&super::up::ledger_path(&plan, &o));
     // One read that every later one depends on: whether the API server answers, and whose
     // cluster this is; at the same time, discovery of every group and the remote manifests.
+    // Steps left out are not looked at: their remote manifests are not fetched either.
+    for step in &mut plan.steps {
+        if !selected(a, &step.id)
+            && let Action::Apply(apply) = &mut step.action
+        {
+            apply.urls.clear();
+        }
+    }
     let gvks = plan_kinds(&plan);
     let (owner, (), fetched) = tokio::join!(
         provider::owner(&kube),
@@ -160,6 +168,11 @@ fn plan_kinds(plan: &Plan) -> Vec<kube::core::GroupVersionKind> {
     out
 }
 
+/// Whether `--only`/`--skip` select the step.
+fn selected(a: &InspectArgs, id: &str) -> bool {
+    (a.only.is_empty() || a.only.iter().any(|o| o == id)) && !a.skip.iter().any(|s| s == id)
+}
+
 /// The plan as the user named it, for help lines.
 fn plan_arg(a: &InspectArgs) -> String {
     a.plan
@@ -174,8 +187,7 @@ impl Target {
         self.plan
             .steps
             .iter()
-            .filter(|s| a.only.is_empty() || a.only.contains(&s.id))
-            .filter(|s| !a.skip.contains(&s.id))
+            .filter(|s| selected(a, &s.id))
             .collect()
     }
 
