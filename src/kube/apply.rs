@@ -48,6 +48,8 @@ pub struct Located {
     pub name: String,
     pub namespace: Option<String>,
     pub api: kube::Api<DynamicObject>,
+    /// The kind's API resource, for reads across namespaces.
+    pub resource: kube::discovery::ApiResource,
 }
 
 impl Located {
@@ -154,6 +156,7 @@ impl Kube {
             name,
             namespace,
             api,
+            resource: ar.clone(),
         }
     }
 

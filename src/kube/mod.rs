@@ -159,8 +159,8 @@ impl Kube {
     }
 
     /// The live object's metadata (`{"metadata": ...}`), or `None` when there is no such
-    /// object: for a read-only client from the snapshot of its kind in its namespace (one
-    /// metadata-only LIST the first time), else the whole object by a GET.
+    /// object: for a read-only client from the snapshot of its kind (one metadata-only LIST
+    /// across namespaces the first time), else the whole object by a GET.
     pub async fn live_meta(
         &self,
         target: &apply::Located,
@@ -169,11 +169,8 @@ impl Kube {
             return target.get().await;
         };
         let key = format!(
-            "{}/{} {} {}",
-            target.gvk.group,
-            target.gvk.version,
-            target.gvk.kind,
-            target.namespace.as_deref().unwrap_or_default()
+            "{}/{} {}",
+            target.gvk.group, target.gvk.version, target.gvk.kind
         );
         let slot = snapshots
             .lock()
@@ -183,20 +180,35 @@ impl Kube {
             .clone();
         let mut cached = slot.lock().await;
         if cached.is_none() {
-            let list = target
-                .api
-                .list_metadata(&kube::api::ListParams::default())
-                .await
-                .map_err(|e| api_error(format!("cannot list {}s", target.gvk.kind), e))?;
+            let all: kube::Api<kube::api::DynamicObject> =
+                kube::Api::all_with(self.client.clone(), &target.resource);
+            let list = match all.list_metadata(&kube::api::ListParams::default()).await {
+                Ok(list) => list,
+                // Not allowed to list across namespaces: one GET per object then.
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    drop(cached);
+                    return target.get().await;
+                }
+                Err(e) => return Err(api_error(format!("cannot list {}s", target.gvk.kind), e)),
+            };
             let mut by_name = HashMap::new();
             for o in list.items {
-                let name = o.metadata.name.clone().unwrap_or_default();
+                let key = format!(
+                    "{}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or_default(),
+                    o.metadata.name.as_deref().unwrap_or_default()
+                );
                 let meta = serde_json::to_value(&o.metadata).unwrap_or_default();
-                by_name.insert(name, serde_json::json!({ "metadata": meta }));
+                by_name.insert(key, serde_json::json!({ "metadata": meta }));
             }
             *cached = Some(by_name);
         }
-        Ok(cached.as_ref().and_then(|m| m.get(&target.name)).cloned())
+        let key = format!(
+            "{}/{}",
+            target.namespace.as_deref().unwrap_or_default(),
+            target.name
+        );
+        Ok(cached.as_ref().and_then(|m| m.get(&key)).cloned())
     }
 
     /// The API resource serving `gvk`, from the cache or discovery. A kind the server does

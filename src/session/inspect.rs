@@ -92,7 +92,9 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
             eprintln!("error: {}", e.chain());
             EXIT_CLUSTER
         })?;
-    kube.ledger = crate::kube::ledger::Ledger::load(&super::up::ledger_path(&plan, &o));
+    if let Some(path) = super::up::ledger_path(&plan, &o) {
+        kube.ledger = crate::kube::ledger::Ledger::load(&path);
+    }
     // One read that every later one depends on: whether the API server answers, and whose
     // cluster this is; at the same time, discovery of every group and the remote manifests.
     // Steps left out are not looked at: their remote manifests are not fetched either.

@@ -83,7 +83,9 @@ pub async fn up(args: UpArgs) -> i32 {
         let mut kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
             .await
             .map_err(|e| phase_failure("cluster", e.chain()))?;
-        kube.ledger = crate::kube::ledger::Ledger::load(&ledger_path(&plan, &o));
+        if let Some(path) = ledger_path(&plan, &o) {
+            kube.ledger = crate::kube::ledger::Ledger::load(&path);
+        }
         if access.managed {
             match provider::owner(&kube).await {
                 Ok(Some(owner)) if owner != plan.name => {
@@ -150,7 +152,9 @@ pub async fn up(args: UpArgs) -> i32 {
             let steps = runner.run().await;
             // What this run saw converged, for `diff` and `status`; losing it only costs them
             // time (they dry-run what it does not vouch for).
-            if let Err(e) = kube.ledger.save(&ledger_path(&plan, &o)) {
+            if let Some(path) = ledger_path(&plan, &o)
+                && let Err(e) = kube.ledger.save(&path)
+            {
                 tracing::debug!(error = %e, "cannot save the ledger of applied objects");
             }
             steps
@@ -170,9 +174,15 @@ pub async fn up(args: UpArgs) -> i32 {
     session.finish(report).await
 }
 
-/// Where a cluster's ledger of applied objects (`kube::ledger`) is kept.
-pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> std::path::PathBuf {
-    provider::cluster_dir(plan, o).join("applied.json")
+/// Where a cluster's ledger of applied objects (`kube::ledger`) is kept: the state folder of
+/// a cluster the engine made. An existing cluster has no folder of ours, and no ledger: `diff`
+/// dry-runs every object there.
+pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> Option<std::path::PathBuf> {
+    let managed = !matches!(
+        provider::effective(plan, o),
+        crate::plan::Provider::Existing { .. }
+    );
+    managed.then(|| provider::cluster_dir(plan, o).join("applied.json"))
 }
 
 /// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,
