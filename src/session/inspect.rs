@@ -58,6 +58,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         eprintln!("{e}");
         EXIT_USAGE
     })?;
+    tracing::debug!("plan loaded");
     let o = overrides_of(a.kubeconfig.clone(), a.context.clone());
     let cancel = CancellationToken::new();
     let managed = !matches!(
@@ -82,6 +83,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
             }
         }
     }
+    tracing::debug!("cluster found");
     let access = provider::access_for_down(&plan, &o).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_CLUSTER
@@ -97,6 +99,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     }
     // One read that every later one depends on: whether the API server answers, and whose
     // cluster this is; at the same time, discovery of every group and the remote manifests.
+    tracing::debug!("client ready");
     // Steps left out are not looked at: their remote manifests are not fetched either.
     for step in &mut plan.steps {
         if !selected(a, &step.id)
@@ -111,6 +114,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         kube.prefetch_discovery(&gvks),
         fetch_remote(&mut plan, &o, &|_| {})
     );
+    tracing::debug!("owner, discovery and remote manifests read");
     match owner {
         Ok(Some(owner)) if managed && owner != plan.name => {
             eprintln!(
@@ -243,6 +247,7 @@ pub async fn diff(a: InspectArgs) -> i32 {
     };
     let steps = t.steps(&a);
     let previews = t.previews(&steps, a.jobs as usize).await;
+    tracing::debug!("steps compared");
     let items: Vec<StepPreview> = steps
         .iter()
         .zip(previews)
