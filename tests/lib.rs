@@ -5,6 +5,7 @@ mod cli_cancel;
 mod common;
 mod existing_teardown;
 mod http_check;
+mod kind_live;
 mod kind_preflight;
 mod kube_apply;
 mod kube_patch;
