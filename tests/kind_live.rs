@@ -276,6 +276,45 @@ impl Env<'_> {
         ok(&format!("kubectl {args}"), out)
     }
 
+    /// Runs kubectl `args` (a `--watch`), reading its lines until `done` accepts one; panics
+    /// after `limit`. The watch is killed either way.
+    fn watch_until(&self, args: &str, done: impl Fn(&str) -> bool, limit: Duration) {
+        let mut child = self
+            .cmd("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args.split_whitespace())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if done(&line) => break true,
+                Ok(line) => seen.push(line),
+                Err(_) => break false,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            found,
+            "kubectl {args}: not seen within {limit:?}; saw {seen:?}"
+        );
+    }
+
     fn tool(&self, program: &str, args: &[&str]) -> String {
         let out = self.cmd(program).args(args).output().unwrap();
         ok(&format!("{program} {}", args.join(" ")), out)
@@ -577,6 +616,10 @@ fn kind_live_istiod_injects_a_native_sidecar() {
         .iter()
         .find(|c| c["type"] == "Ready")
         .unwrap();
+    eprintln!(
+        "istiod's Ready condition and container status, as the kubelet reports them:\n{}\n{}",
+        ready, istiod["status"]["containerStatuses"][0]
+    );
     assert_eq!(ready["status"], "True", "{}", istiod["status"]);
     assert_eq!(
         istiod["status"]["containerStatuses"][0]["image"],
@@ -588,8 +631,13 @@ fn kind_live_istiod_injects_a_native_sidecar() {
         "-n bookinfo run injected --image {} --image-pull-policy Never --port 8080",
         tier.hello_image
     ));
-    // The kubelet has tried to start istio-proxy and seen it exit.
-    env.kubectl("-n bookinfo wait pod/injected --for=jsonpath={.status.initContainerStatuses[1].lastState.terminated.reason}=Error --timeout 180s");
+    // The kubelet has started istio-proxy, seen it exit and restarted it: watched, until its
+    // restart count reaches 2 (a second restart comes after a back-off).
+    env.watch_until(
+        "-n bookinfo get pod injected --watch -o jsonpath={.status.initContainerStatuses[1].restartCount}{\"\\n\"}",
+        |line| line.trim().parse::<u32>().is_ok_and(|n| n >= 2),
+        Duration::from_secs(180),
+    );
     let pod: Value =
         serde_json::from_str(&env.kubectl("-n bookinfo get pod injected -o json")).unwrap();
     let init = pod["spec"]["initContainers"].as_array().unwrap();
@@ -622,23 +670,36 @@ fn kind_live_istiod_injects_a_native_sidecar() {
     );
     let proxy = &statuses[1];
     assert_eq!(proxy["name"], "istio-proxy");
-    assert_ne!(proxy["lastState"]["terminated"]["exitCode"], 0, "{proxy}");
-    assert_eq!(proxy["started"], false, "{proxy}");
+    assert!(proxy["restartCount"].as_u64() >= Some(2), "{proxy}");
+    assert_eq!(proxy["started"], false, "never started: {proxy}");
+    assert_eq!(proxy["ready"], false, "{proxy}");
     let app = &pod["status"]["containerStatuses"][0];
     assert!(
         app["state"]["waiting"]["reason"] == "PodInitializing",
         "the app container waits for its sidecar: {app}"
     );
-    let logs = env.kubectl("-n bookinfo logs injected -c istio-proxy --previous");
-    let tail: Vec<&str> = logs.lines().rev().take(8).collect();
+    let logs = env.kubectl("-n bookinfo logs injected -c istio-proxy");
+    let tail: Vec<&str> = logs.lines().rev().take(4).collect();
     eprintln!(
-        "kubectl logs injected -c istio-proxy --previous (last lines):\n{}",
+        "kubectl -n bookinfo logs injected -c istio-proxy (last lines):\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
     assert!(
-        logs.contains("envoy"),
+        logs.contains(
+            "Envoy exited with error: fork/exec /usr/local/bin/envoy: no such file or directory"
+        ),
         "pilot-agent says it could not run Envoy:\n{logs}"
     );
+    // The kubelet's word for it: a back-off event (watched for, since it may come a moment
+    // after the restart count).
+    env.watch_until(
+        "-n bookinfo get events --watch --field-selector involvedObject.name=injected,reason=BackOff -o jsonpath={.message}{\"\\n\"}",
+        |line| line.contains("Back-off restarting failed container istio-proxy"),
+        Duration::from_secs(120),
+    );
+    let events =
+        env.kubectl("-n bookinfo get events --field-selector involvedObject.name=injected");
+    eprintln!("events of pod injected:\n{events}");
 
     delete_cluster(&env);
     dockerd.stop_and_check();
