@@ -39,7 +39,7 @@ kind-stop:
 
 # The live tests on a real kind cluster from the kind tier (builds the tier when missing)
 kind-test: testbed-ready
-    @bash testbed/kind/env.sh --check 2>/dev/null || bash testbed/kind/build.sh
+    @bash testbed/kind/env.sh --check >/dev/null 2>&1 || bash testbed/kind/build.sh
     {{testbed_env}}; start=$(date +%s); rc=0; cargo test --test lib kind_live -- --ignored --nocapture --test-threads 1 || rc=$?; echo "kind tests took $(( $(date +%s) - start )) s"; exit $rc
 
 # Remove the kind tier's cache (stops its dockerd first)

@@ -367,10 +367,13 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    Ok((
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    ))
+    let status = head.lines().next().unwrap_or("").to_string();
+    if status.is_empty() {
+        return Err(std::io::Error::other(
+            "the connection closed without an answer",
+        ));
+    }
+    Ok((status, body.to_string()))
 }
 
 /// The variables every run here overrides: the node image built here, and the addons from
@@ -534,8 +537,23 @@ spec:
     );
     let pod_name = pod["metadata"]["name"].as_str().unwrap();
 
-    // kube-proxy's NodePort rules and the node's published port: only 127.0.0.1.
-    let (status, body) = http_get(30666, "/").expect("http://127.0.0.1:30666 answers");
+    // kube-proxy's NodePort rules and the node's published port: only 127.0.0.1. kube-proxy
+    // programs the rule a moment after the pod is ready, and nothing in the API says when
+    // (until then Docker's proxy accepts and the node resets), so the request is retried with
+    // doubling backoff, 0.2 s to 3.2 s, for at most 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(200);
+    let (status, body) = loop {
+        match http_get(30666, "/") {
+            Ok(answer) => break answer,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("http://127.0.0.1:30666/: {e}; again in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(3200));
+            }
+            Err(e) => panic!("http://127.0.0.1:30666 does not answer within 30 s: {e}"),
+        }
+    };
     eprintln!("curl http://127.0.0.1:30666/ -> {status}\n{body}");
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(

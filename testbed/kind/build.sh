@@ -332,9 +332,8 @@ assemble_node() {
   local images=() img
   while read -r img; do images+=("$img"); done < <(preloaded_images)
   docker save -o "$KIND_TIER_DIR/images/preload.tar" "${images[@]}"
-  local cstate="/run/bookinfo-up-kind-import-$KIND_TIER_KEY"
-  rm -rf "$cstate"
-  mkdir -p "$cstate"
+  local cstate
+  cstate="$(mktemp -d /run/bookinfo-up-kind-import.XXXXXX)"
   printf 'version = 2\nroot = "%s"\nstate = "%s"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n' \
     "$r/var/lib/containerd" "$cstate/state" "$cstate/sock" >"$cstate/config.toml"
   containerd --config "$cstate/config.toml" >"$cstate/log" 2>&1 &

@@ -5,7 +5,7 @@
 #                                        # deletes the iptables rules and chains it added
 #   bash testbed/kind/dockerd.sh status
 # Nothing system-wide is used: its images live in <tier>/docker (kept between runs, so the
-# node image is loaded once), its run state and socket in /run/bookinfo-up-kind-<key> (the
+# node image is loaded once), its run state and socket in /run/bookinfo-up-kind-<hash> (the
 # socket is group `docker`, reachable by that group's members), and containers run through
 # testbed/kind/runc-drop-sys-resource, registered with --add-runtime and made the default.
 # No default bridge (docker0) is made; kind makes its own network, removed again by `stop`.
@@ -14,7 +14,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 
-run="/run/bookinfo-up-kind-$KIND_TIER_KEY"
+# Named after the tier's folder, so that tiers in other caches (BOOKINFO_UP_KIND_CACHE) get
+# daemons of their own.
+run="/run/bookinfo-up-kind-$(printf '%s' "$KIND_TIER_DIR" | sha256sum | cut -c1-12)"
 data="$KIND_TIER_DIR/docker"
 sock="$run/docker.sock"
 pidfile="$run/dockerd.pid"
