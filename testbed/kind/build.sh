@@ -360,6 +360,8 @@ assemble_node() {
   docker rmi "$KIND_TIER_NODE_IMAGE-rootfs"
   rm -rf "$r"
   push_for_digest
+  # A node image built before (an earlier build of the same key) is left untagged: remove it.
+  docker image prune -f
   touch "$stamps/node"
 }
 

@@ -3,6 +3,7 @@
 #   bash testbed/kind/dockerd.sh start   # prints `export DOCKER_HOST=...`; idempotent
 #   bash testbed/kind/dockerd.sh stop    # removes its containers and networks, stops it, and
 #                                        # deletes the iptables rules and chains it added
+#                                        # (those naming DOCKER* chains or br-* bridges)
 #   bash testbed/kind/dockerd.sh status
 # Nothing system-wide is used: its images live in <tier>/docker (kept between runs, so the
 # node image is loaded once), its run state and socket in /run/bookinfo-up-kind-<hash> (the
@@ -94,13 +95,15 @@ stop() {
     kill "$p" 2>/dev/null || true
   done
   if [[ -f "$run/iptables.before" ]]; then
-    # Rules added since start, deleted in reverse order; then the chains added.
+    # Rules added since start that are Docker's (they name its DOCKER* chains or the br-*
+    # bridges of its networks; rules others added meanwhile stay), deleted in reverse order;
+    # then the DOCKER* chains added.
     local table rest
-    { rules | grep -vxFf "$run/iptables.before" | grep ' -A ' || true; } | tac | while read -r table rest; do
+    { rules | grep -vxFf "$run/iptables.before" | grep ' -A ' | grep -E 'DOCKER|br-' || true; } | tac | while read -r table rest; do
       # shellcheck disable=SC2086
       iptables -w -t "$table" ${rest/-A /-D } 2>/dev/null || true
     done
-    { rules | grep -vxFf "$run/iptables.before" | grep ' -N ' || true; } | while read -r table rest; do
+    { rules | grep -vxFf "$run/iptables.before" | grep -E ' -N DOCKER' || true; } | while read -r table rest; do
       iptables -w -t "$table" -X "${rest#-N }" 2>/dev/null || true
     done
     # Policies it changed (dockerd sets FORWARD to DROP), put back.
