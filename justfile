@@ -25,6 +25,28 @@ testbed-env:
 testbed-clean:
     rm -rf "${BOOKINFO_UP_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bookinfo-up/testbed}"
 
+# The kind tier (tier 2 here): node image and preloaded images built locally, a dockerd of its own (cached; needs root, debootstrap, docker.io)
+testbed-kind: testbed-ready
+    bash testbed/kind/build.sh
+
+# Start the kind tier's dockerd and print `export` lines for it: eval "$(just kind-env)"
+kind-env:
+    @bash testbed/kind/env.sh
+
+# Stop the kind tier's dockerd: its containers, networks and iptables rules go with it
+kind-stop:
+    bash testbed/kind/dockerd.sh stop
+
+# The live tests on a real kind cluster from the kind tier (builds the tier when missing)
+kind-test: testbed-ready
+    @bash testbed/kind/env.sh --check >/dev/null 2>&1 || bash testbed/kind/build.sh
+    {{testbed_env}}; start=$(date +%s); rc=0; cargo test --test lib kind_live -- --ignored --nocapture --test-threads 1 || rc=$?; echo "kind tests took $(( $(date +%s) - start )) s"; exit $rc
+
+# Remove the kind tier's cache (stops its dockerd first)
+testbed-kind-clean:
+    bash testbed/kind/dockerd.sh stop
+    rm -rf "${BOOKINFO_UP_KIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bookinfo-up/kind}"
+
 build:
     cargo build --release
 

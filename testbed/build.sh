@@ -28,46 +28,6 @@ export GOFLAGS="-modcacherw -buildvcs=false"
 export CGO_ENABLED=0
 jobs="${TESTBED_GO_JOBS:-2}"
 
-failed=()
-built=0
-# step NAME CHECK_FILE... -- COMMAND: runs COMMAND unless every CHECK_FILE exists; one line each.
-step() {
-  local name="$1"
-  shift
-  local outputs=()
-  while [[ "$1" != "--" ]]; do
-    outputs+=("$1")
-    shift
-  done
-  shift
-  local missing=0
-  for f in "${outputs[@]}"; do [[ -e "$f" ]] || missing=1; done
-  if [[ $missing == 0 ]]; then
-    printf '  %-26s cached\n' "$name"
-    return 0
-  fi
-  local start=$SECONDS
-  built=1
-  printf '  %-26s building ... ' "$name"
-  echo "=== $name: $* (started $(date -u +%FT%TZ))" >>"$log"
-  if "$@" >>"$log" 2>&1; then
-    for f in "${outputs[@]}"; do
-      if [[ ! -e "$f" ]]; then
-        echo "failed: $f was not produced (see $log)"
-        echo "=== $name: FAILED, $f not produced" >>"$log"
-        failed+=("$name")
-        return 0
-      fi
-    done
-    echo "done in $((SECONDS - start)) s"
-    echo "=== $name: done in $((SECONDS - start)) s" >>"$log"
-  else
-    echo "FAILED after $((SECONDS - start)) s (see $log)"
-    echo "=== $name: FAILED after $((SECONDS - start)) s" >>"$log"
-    failed+=("$name")
-  fi
-}
-
 # A throwaway module that depends on the wanted modules and builds their commands. Needed where
 # a module's own go.mod uses replace directives (Kubernetes points its staging modules at local
 # folders that the published module zip does not contain).

@@ -6,6 +6,7 @@ mod common;
 mod diff_status;
 mod existing_teardown;
 mod http_check;
+mod kind_live;
 mod kind_preflight;
 mod kube_apply;
 mod kube_patch;

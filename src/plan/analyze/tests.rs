@@ -106,6 +106,27 @@ fn vars_files_supply_literal_values() {
 }
 
 #[test]
+fn the_environment_overrides_declared_variables_literally() {
+    let plan = "[plan]\nname = \"t\"\nvars_files = [\"v.env\"]\n[cluster]\nprovider = \"existing\"\n[vars]\nrepo = \"https://charts\"\nurl = \"${repo}/x\"\n[[step]]\nid = \"a\"\n[step.exec]\ncommand = [\"${IMAGE}\", \"${url}\"]\n";
+    let files = [("v.env", "IMAGE=kindest/node:v1@sha256:00\n")];
+    let p = analyze(plan, &files, &[]).unwrap();
+    assert_eq!(
+        exec_command(&p),
+        ["kindest/node:v1@sha256:00", "https://charts/x"]
+    );
+    let env = [
+        ("BOOKINFO_UP_VAR_IMAGE", "local/node:v1"),
+        ("BOOKINFO_UP_VAR_repo", "/charts/${not-templated}"),
+        ("BOOKINFO_UP_VAR_undeclared", "ignored"),
+    ];
+    let p = analyze(plan, &files, &env).unwrap();
+    assert_eq!(
+        exec_command(&p),
+        ["local/node:v1", "/charts/${not-templated}/x"]
+    );
+}
+
+#[test]
 fn durations_parse_and_default() {
     let plan = format!(
         "{HEAD}[[step]]\nid = \"a\"\ntimeout = \"1m 30s\"\nbackoff = \"500ms\"\n[step.exec]\ncommand = [\"true\"]\n[[step]]\nid = \"b\"\n[step.exec]\ncommand = [\"true\"]\n"

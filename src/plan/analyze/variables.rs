@@ -10,6 +10,9 @@ use crate::diag::{Diagnostic, FileId, did_you_mean};
 use crate::plan::raw::S;
 use crate::plan::template::{self, Ref, valid_var_name};
 
+/// The environment prefix that overrides a plan variable: `BOOKINFO_UP_VAR_<name>=value`.
+pub const VAR_OVERRIDE_PREFIX: &str = "BOOKINFO_UP_VAR_";
+
 impl Analyzer<'_> {
     /// Declares the variables of all units, each overriding those before it, then resolves them.
     pub(super) fn declare_vars(&mut self, units: &[Unit]) {
@@ -32,6 +35,16 @@ impl Analyzer<'_> {
                         literal: false,
                     },
                 );
+            }
+        }
+        // `BOOKINFO_UP_VAR_<name>` overrides a declared variable, taken literally: how a run
+        // points a plan elsewhere without editing it (the testbed's kind tier sets
+        // BOOKINFO_UP_VAR_KIND_NODE_IMAGE to its locally built node image).
+        let env = self.env;
+        for (name, decl) in self.vars.iter_mut() {
+            if let Some(value) = env(&format!("{VAR_OVERRIDE_PREFIX}{name}")) {
+                decl.text = value;
+                decl.literal = true;
             }
         }
         let names: Vec<String> = self.vars.keys().cloned().collect();

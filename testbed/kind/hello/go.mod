@@ -1,0 +1,3 @@
+module bookinfo-up/testbed/kind/hello
+
+go 1.24

@@ -1,0 +1,15 @@
+# Shared by testbed/kind/{build,env,dockerd}.sh: the pins (testbed/versions.env and
+# testbed/kind/versions.env), the testbed's paths and step runner (testbed/lib.sh), and where
+# the kind tier for these versions lives.
+_kind_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$_kind_lib_dir/../versions.env"
+source "$_kind_lib_dir/versions.env"
+source "$_kind_lib_dir/../lib.sh"
+KIND_TIER_ROOT="${BOOKINFO_UP_KIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bookinfo-up/kind}"
+KIND_TIER_KEY="$(
+  cd "$_kind_lib_dir" &&
+    cat ../versions.env versions.env | grep -v '^#' | grep . | sha256sum | cut -c1-12
+)"
+KIND_TIER_DIR="$KIND_TIER_ROOT/$KIND_TIER_KEY"
+# Versions kubeadm v1.34 asks for (kubeadm config images list) that are not pins of their own.
+KIND_TIER_PAUSE_VERSION=3.10.1
