@@ -33,12 +33,6 @@ pub const PLAN_LABEL: &str = "bookinfo-up.io/plan";
 /// Annotation naming the step that created an object.
 pub const STEP_ANNOTATION: &str = "bookinfo-up.io/step";
 
-/// Requests a read-only client has in flight at once. Each concurrent request costs the
-/// client a connection of its own (HTTP/1.1) and so a TLS handshake, which on a small machine
-/// costs the API server more than the read itself: `diff` reads 20-30 things at once, and is
-/// fastest spread over a few connections.
-const READ_ONLY_CONNECTIONS: usize = 4;
-
 /// The resources of one group-version, as discovery lists them.
 type Resources = Vec<(ApiResource, ApiCapabilities)>;
 
@@ -136,18 +130,12 @@ impl Kube {
         };
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
-        let builder = kube::client::ClientBuilder::try_from(config)
-            .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
         let client = if read_only {
-            builder
-                .with_layer(&read_only::ReadOnlyLayer)
-                .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
-                    READ_ONLY_CONNECTIONS,
-                ))
-                .build()
+            read_only::client(&config)
         } else {
-            builder.build()
-        };
+            kube::Client::try_from(config)
+        }
+        .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
         Ok(Self {
             client,
             kubeconfig: kubeconfig.to_path_buf(),
