@@ -109,11 +109,21 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         }
     }
     let gvks = plan_kinds(&plan);
-    let (owner, (), fetched) = tokio::join!(
-        provider::owner(&kube),
-        kube.prefetch_discovery(&gvks),
-        fetch_remote(&mut plan, &o, &|_| {})
-    );
+    // The remote manifests are read and parsed (CPU work) on a task of their own, beside the
+    // requests.
+    let fetch_options = o.clone();
+    let fetch = tokio::spawn(async move {
+        let result = fetch_remote(&mut plan, &fetch_options, &|_| {}).await;
+        (plan, result)
+    });
+    let (owner, ()) = tokio::join!(provider::owner(&kube), kube.prefetch_discovery(&gvks));
+    let (plan, fetched) = match fetch.await {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("error: reading the remote manifests failed: {e}");
+            return Err(EXIT_INCOMPLETE);
+        }
+    };
     tracing::debug!("owner, discovery and remote manifests read");
     match owner {
         Ok(Some(owner)) if managed && owner != plan.name => {

@@ -167,7 +167,7 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) async fn fetch_remote(
     plan: &mut Plan,
     _o: &Overrides,
-    progress: &dyn Fn(String),
+    progress: &(dyn Fn(String) + Sync),
 ) -> Result<(), String> {
     let cache = std::env::var_os("BOOKINFO_UP_CACHE_DIR")
         .map(PathBuf::from)
