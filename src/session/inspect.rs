@@ -97,8 +97,6 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     if let Some(path) = super::up::ledger_path(&plan, &o) {
         kube.ledger = crate::kube::ledger::Ledger::load(&path);
     }
-    // One read that every later one depends on: whether the API server answers, and whose
-    // cluster this is; at the same time, discovery of every group and the remote manifests.
     tracing::debug!("client ready");
     // Steps left out are not looked at: their remote manifests are not fetched either.
     for step in &mut plan.steps {
@@ -116,6 +114,8 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         let result = fetch_remote(&mut plan, &fetch_options, &|_| {}).await;
         (plan, result)
     });
+    // One read that every later one depends on: whether the API server answers, and whose
+    // cluster this is; at the same time, discovery of the plan's groups.
     let (owner, ()) = tokio::join!(provider::owner(&kube), kube.prefetch_discovery(&gvks));
     let (plan, fetched) = match fetch.await {
         Ok(done) => done,
