@@ -68,19 +68,7 @@ impl Env {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .env("PATH", &self.path_env)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::common::kubectl_at(&self.kubeconfig(), &self.path_env, args)
     }
 
     /// Every object's resourceVersion, by kind, namespace and name, and every helm release's

@@ -70,21 +70,7 @@ fn outcomes(summary: &Value) -> Vec<(String, String)> {
     step_outcomes(summary).unwrap_or_else(|| panic!("the run printed no summary: {summary}"))
 }
 
-fn kubectl(kubeconfig: &Path, path_env: &str, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .env("PATH", path_env)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::common::kubectl_at as kubectl;
 
 #[test]
 fn sim_plan_converges_then_goes_away() {

@@ -287,7 +287,9 @@ async fn converge(
     force: bool,
     live: Value,
 ) -> StepResult<(ApplyOutcome, Value)> {
-    let dry = dry_run(target, desired, manager, force).await?;
+    let dry = dry_run(target, desired, manager, force)
+        .await
+        .map_err(|e| dry_run_error(target, e))?;
     if !differs(&live, &dry, manager) {
         return Ok((ApplyOutcome::Unchanged, live));
     }
@@ -309,12 +311,13 @@ fn params(manager: &str, force: bool) -> PatchParams {
 }
 
 /// The object as the apply would leave it, from a server-side dry run (nothing persisted).
+/// The API error is the caller's to word: a run fails on it, a preview reports it.
 async fn dry_run(
     target: &Located,
     desired: &Value,
     manager: &str,
     force: bool,
-) -> StepResult<Value> {
+) -> Result<Value, kube::Error> {
     target
         .api
         .patch(
@@ -324,7 +327,10 @@ async fn dry_run(
         )
         .await
         .map(to_value)
-        .map_err(|e| api_error(format!("cannot apply {} (dry run)", target.display()), e))
+}
+
+fn dry_run_error(target: &Located, e: kube::Error) -> StepError {
+    api_error(format!("cannot apply {} (dry run)", target.display()), e)
 }
 
 /// Whether an apply by `manager` that the server answers with `dry` changes `live`.
@@ -397,27 +403,14 @@ async fn preview(
     force: bool,
     live: Value,
 ) -> StepResult<Preview> {
-    let dry = match target
-        .api
-        .patch(
-            &target.name,
-            &params(manager, force).dry_run(),
-            &Patch::Apply(desired),
-        )
-        .await
-    {
-        Ok(dry) => to_value(dry),
+    let dry = match dry_run(target, desired, manager, force).await {
+        Ok(dry) => dry,
         Err(kube::Error::Api(s))
             if (400..500).contains(&s.code) && s.code != 401 && s.code != 403 =>
         {
             return Ok(Preview::Refused(s.message.clone()));
         }
-        Err(e) => {
-            return Err(api_error(
-                format!("cannot apply {} (dry run)", target.display()),
-                e,
-            ));
-        }
+        Err(e) => return Err(dry_run_error(target, e)),
     };
     Ok(if differs(&live, &dry, manager) {
         Preview::Update { live, after: dry }

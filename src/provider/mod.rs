@@ -134,6 +134,12 @@ pub fn effective(plan: &Plan, o: &Overrides) -> Provider {
     plan.cluster.provider.clone()
 }
 
+/// Whether the engine makes (and may delete) the run's cluster: any provider but `existing`,
+/// after command-line overrides.
+pub fn managed(plan: &Plan, o: &Overrides) -> bool {
+    !matches!(effective(plan, o), Provider::Existing { .. })
+}
+
 /// The folder holding this cluster's kubeconfig and work files.
 pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
     o.state_dir.join("clusters").join(&plan.cluster.name)

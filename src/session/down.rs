@@ -41,10 +41,7 @@ pub async fn down(args: DownArgs) -> i32 {
     let Some(plan) = load_plan(&source.path) else {
         return EXIT_USAGE;
     };
-    let managed = !matches!(
-        provider::effective(&plan, &o),
-        crate::plan::Provider::Existing { .. }
-    );
+    let managed = provider::managed(&plan, &o);
     let delete_cluster = managed && plan.teardown.delete_cluster && !args.keep_cluster;
     if c.dry_run {
         if delete_cluster {

@@ -41,11 +41,8 @@ struct Target {
 /// the remote manifests. `Err` is the exit code, its message printed.
 async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     // Warnings to stderr; BOOKINFO_UP_LOG asks for more (`kube_client=debug`: each request).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BOOKINFO_UP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
-        .add_directive("rustls=info".parse().expect("a valid directive"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(super::log_filter("warn"))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
@@ -61,10 +58,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     tracing::debug!("plan loaded");
     let o = overrides_of(a.kubeconfig.clone(), a.context.clone());
     let cancel = CancellationToken::new();
-    let managed = !matches!(
-        provider::effective(&plan, &o),
-        crate::plan::Provider::Existing { .. }
-    );
+    let managed = provider::managed(&plan, &o);
     let cluster = plan.cluster.name.clone();
     if managed {
         match provider::exists(&plan, &o, &cancel).await {
@@ -325,6 +319,18 @@ pub struct StepStatus {
     pub changes: Vec<crate::change::Change>,
 }
 
+impl StepStatus {
+    fn new(s: &Step, state: State, summary: String) -> Self {
+        Self {
+            id: s.id.clone(),
+            kind: s.kind(),
+            state,
+            summary,
+            changes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseStatus {
     pub release: String,
@@ -366,20 +372,12 @@ pub async fn status(a: InspectArgs) -> i32 {
         statuses.push(match p {
             Ok(Preview::Changes(changes)) => step_state(s, changes),
             Ok(Preview::WouldCheck(_)) => check_once(&t, s).await,
-            Ok(Preview::WouldRun(lines)) => StepStatus {
-                id: s.id.clone(),
-                kind: s.kind(),
-                state: State::NotChecked,
-                summary: format!("not checked: a run would {}", lines.join("; ")),
-                changes: Vec::new(),
-            },
-            Err(e) => StepStatus {
-                id: s.id.clone(),
-                kind: s.kind(),
-                state: State::Failing,
-                summary: format!("could not be compared: {e}"),
-                changes: Vec::new(),
-            },
+            Ok(Preview::WouldRun(lines)) => StepStatus::new(
+                s,
+                State::NotChecked,
+                format!("not checked: a run would {}", lines.join("; ")),
+            ),
+            Err(e) => StepStatus::new(s, State::Failing, format!("could not be compared: {e}")),
         });
     }
     let mut releases = Vec::new();
@@ -464,11 +462,8 @@ fn step_state(s: &Step, changes: Vec<crate::change::Change>) -> StepStatus {
         }
     };
     StepStatus {
-        id: s.id.clone(),
-        kind: s.kind(),
-        state,
-        summary,
         changes,
+        ..StepStatus::new(s, state, summary)
     }
 }
 
@@ -491,13 +486,7 @@ async fn check_once(t: &Target, s: &Step) -> StepStatus {
             (State::Failing, why)
         }
     };
-    StepStatus {
-        id: s.id.clone(),
-        kind: s.kind(),
-        state,
-        summary,
-        changes: Vec::new(),
-    }
+    StepStatus::new(s, state, summary)
 }
 
 /// Deployments not available and pods not ready in the plan's namespaces, with why.

@@ -197,8 +197,16 @@ fn color_enabled() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
+/// `BOOKINFO_UP_LOG`, else `default`; never rustls below info, whatever BOOKINFO_UP_LOG asks
+/// for: rustls logs the peer's certificate chain at trace, and kwok's API server presents the
+/// kubeconfig's client certificate.
+pub(crate) fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("BOOKINFO_UP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive("rustls=info".parse().expect("a valid directive"))
+}
+
 fn init_tracing(c: &Common, tty: bool) {
-    use tracing_subscriber::EnvFilter;
     // Our own crate gets the verbosity asked for; libraries stay at info so that even -vv
     // never logs request headers (tokens) or TLS material.
     let ours = match (c.quiet, c.verbose, tty) {
@@ -208,11 +216,7 @@ fn init_tracing(c: &Common, tty: bool) {
         (_, 1, _) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("BOOKINFO_UP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,bookinfo_up={ours}")))
-        // Whatever BOOKINFO_UP_LOG asks for: rustls logs the peer's certificate chain at
-        // trace, and kwok's API server presents the kubeconfig's client certificate.
-        .add_directive("rustls=info".parse().expect("a valid directive"));
+    let filter = log_filter(&format!("warn,bookinfo_up={ours}"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -178,11 +178,7 @@ pub async fn up(args: UpArgs) -> i32 {
 /// a cluster the engine made. An existing cluster has no folder of ours, and no ledger: `diff`
 /// dry-runs every object there.
 pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> Option<std::path::PathBuf> {
-    let managed = !matches!(
-        provider::effective(plan, o),
-        crate::plan::Provider::Existing { .. }
-    );
-    managed.then(|| provider::cluster_dir(plan, o).join("applied.json"))
+    provider::managed(plan, o).then(|| provider::cluster_dir(plan, o).join("applied.json"))
 }
 
 /// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,

@@ -412,7 +412,7 @@ async fn observe(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
     use k8s_openapi::api::core::v1::Secret;
     let kube = ctx.kube()?;
     let api: kube::Api<Secret> = kube::Api::namespaced(kube.client.clone(), &h.namespace);
-    let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release));
+    let params = records_of(h);
     let secrets = api.list(&params).await.map_err(StepError::from)?;
     let latest = secrets
         .items
@@ -455,13 +455,18 @@ async fn latest_record_meta(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Value>
     use k8s_openapi::api::core::v1::Secret;
     let kube = ctx.kube()?;
     let api: kube::Api<Secret> = kube::Api::namespaced(kube.client.clone(), &h.namespace);
-    let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release));
+    let params = records_of(h);
     let list = api.list_metadata(&params).await.map_err(StepError::from)?;
     Ok(list
         .items
         .into_iter()
         .max_by_key(|s| revision_of(&s.metadata))
         .map(|s| serde_json::json!({"metadata": s.metadata})))
+}
+
+/// The list of helm's storage Secrets of the release, one per revision.
+fn records_of(h: &Helm) -> kube::api::ListParams {
+    kube::api::ListParams::default().labels(&format!("owner=helm,name={}", h.release))
 }
 
 /// The revision in a storage Secret's `version` label.

@@ -18,11 +18,7 @@ use crate::run::{Outcome, StepCtx};
 
 pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
-    let api: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
-    let live = api
-        .get_opt(&n.name)
-        .await
-        .map_err(|e| api_error(format!("cannot read namespace {}", n.name), e))?;
+    let (api, live) = read(kube, &n.name).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let Some(live) = live else {
         let mut labels = n.labels.clone();
@@ -84,14 +80,22 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     })
 }
 
-/// What `run` would change: the namespace created, or the plan's labels it lacks.
-pub async fn preview(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Vec<Change>> {
-    let kube = ctx.kube()?;
+/// The namespaces' API and the namespace `name`, if it exists.
+async fn read(
+    kube: &crate::kube::Kube,
+    name: &str,
+) -> StepResult<(kube::Api<Namespace>, Option<Namespace>)> {
     let api: kube::Api<Namespace> = kube::Api::all(kube.client.clone());
     let live = api
-        .get_opt(&n.name)
+        .get_opt(name)
         .await
-        .map_err(|e| api_error(format!("cannot read namespace {}", n.name), e))?;
+        .map_err(|e| api_error(format!("cannot read namespace {name}"), e))?;
+    Ok((api, live))
+}
+
+/// What `run` would change: the namespace created, or the plan's labels it lacks.
+pub async fn preview(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Vec<Change>> {
+    let (_, live) = read(ctx.kube()?, &n.name).await?;
     let target = format!("Namespace {}", n.name);
     let Some(live) = live else {
         let mut labels = n.labels.clone();

@@ -434,6 +434,19 @@ pub fn listening_addresses(pid: i32) -> Vec<std::net::SocketAddr> {
 }
 
 /// The stdout of a kubectl run with `args`; panics with its stderr when it failed.
+/// `kubectl --kubeconfig KUBECONFIG ARGS` with `path_env` as PATH; its stdout, asserting
+/// success.
+pub fn kubectl_at(kubeconfig: &Path, path_env: &str, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env("PATH", path_env)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    kubectl_stdout(args, out)
+}
+
 pub fn kubectl_stdout(args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
