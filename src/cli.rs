@@ -42,6 +42,7 @@ Examples:
   bookinfo-down                              take down the cluster `bookinfo-up` made
   bookinfo-down sim                          delete the simulated cluster
   bookinfo-down --keep-cluster bookinfo      undo the plan's steps, keep the cluster
+  bookinfo-down --force bookinfo             delete a cluster that carries no owner marker
   bookinfo-down --context prod-eu bookinfo   remove only what the plan created there";
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -118,6 +119,10 @@ pub struct UpArgs {
     /// Also copy the engine's kubeconfig for the cluster to FILE
     #[arg(long, value_name = "FILE")]
     pub export_kubeconfig: Option<PathBuf>,
+    /// Take over a cluster of the plan's name that `bookinfo-up` did not make: mark it as
+    /// this plan's (then `bookinfo-down` may delete it)
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 /// `bookinfo-up diff` and `bookinfo-up status`: read-only looks at a running environment.
@@ -223,6 +228,10 @@ pub struct DownArgs {
     /// Undo the plan's steps but keep the cluster
     #[arg(long)]
     pub keep_cluster: bool,
+    /// Delete even when nothing proves the cluster is this plan's (it has no owner marker,
+    /// or its API server does not answer). A cluster marked by another plan is still refused
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Entry point of `bookinfo-up`; returns the exit code.
@@ -365,6 +374,14 @@ pub(crate) fn overrides_of(kubeconfig: Option<PathBuf>, context: Option<String>)
         kubeconfig,
         context,
         state_dir: provider::default_state_dir(),
+    }
+}
+
+/// The command line to suggest again, with the plan as the user named it.
+pub(crate) fn rerun(command: &str, plan: Option<&Path>) -> String {
+    match plan {
+        Some(p) => format!("{command} {}", p.display()),
+        None => command.to_string(),
     }
 }
 

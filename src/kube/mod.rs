@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod diagnostics;
 pub mod events;
+pub mod health;
 pub mod ledger;
 pub mod read_only;
 pub mod readiness;

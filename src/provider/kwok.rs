@@ -31,6 +31,8 @@ pub const BINARIES: &[(&str, &str)] = &[
 /// What the plan asks of the kwok cluster.
 pub struct Spec<'a> {
     pub name: &'a str,
+    /// The plan whose run creates the cluster (its creation record, see `ownership`).
+    pub plan: &'a str,
     pub nodes: u32,
     pub binaries: Option<&'a Path>,
     pub apiserver_args: &'a [String],
@@ -68,7 +70,7 @@ pub fn preflight(binaries: Option<&Path>, istiod: Option<&Path>) -> Vec<Problem>
     problems
 }
 
-fn kwokctl(dir: &Path) -> Tool {
+pub(super) fn kwokctl(dir: &Path) -> Tool {
     Tool::new("kwokctl").env("KWOK_WORKDIR", dir.join("kwok"))
 }
 
@@ -205,6 +207,7 @@ pub async fn ensure(
             });
         }
     } else {
+        super::ownership::record_creation(dir, spec.plan)?;
         progress(format!("creating kwok cluster `{}`", spec.name));
         let mut config = ports_config().map_err(|e| ProviderError::Tool {
             message: format!("cannot choose ports for the cluster: {e}"),

@@ -8,18 +8,17 @@ pub mod host_port;
 pub mod istiod;
 pub mod kind;
 pub mod kwok;
+pub mod ownership;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
 
-use crate::kube::{FIELD_MANAGER, Kube};
 use crate::plan::{Plan, Provider};
 
-/// Name of the ConfigMap in kube-system that marks a cluster as made by a plan.
-pub const OWNER_MARKER: &str = "bookinfo-up-owner";
+pub use ownership::{
+    ClusterLock, Intent, OWNER_MARKER, Ownership, Verdict, judge, lock, mark_owner, owner,
+};
 
 /// How to reach the plan's cluster.
 #[derive(Debug, Clone)]
@@ -85,6 +84,9 @@ pub enum ProviderError {
         owner: String,
         plan: String,
     },
+    /// Nothing proves that the cluster is the plan's (no owner marker, or no answer).
+    #[error("{message}")]
+    Unproven { message: String },
     #[error("the run was cancelled")]
     Cancelled,
     #[error("{0}")]
@@ -310,6 +312,7 @@ pub async fn ensure(
         } => {
             kind::ensure(
                 &plan.cluster.name,
+                &plan.name,
                 &node_image,
                 &port_mappings,
                 &dir,
@@ -327,6 +330,7 @@ pub async fn ensure(
         } => {
             let spec = kwok::Spec {
                 name: &plan.cluster.name,
+                plan: &plan.name,
                 nodes,
                 binaries: binaries.as_deref(),
                 apiserver_args: &apiserver_args,
@@ -357,19 +361,49 @@ pub async fn exists(
     }
 }
 
-/// How to reach an existing cluster for `down`.
-pub fn access_for_down(plan: &Plan, o: &Overrides) -> Result<Access, ProviderError> {
-    match effective(plan, o) {
+/// How to reach a cluster that exists, without creating or starting anything. The engine's
+/// kubeconfig for a kind or kwok cluster is written again when it is missing (a state folder
+/// emptied, or a cluster made elsewhere), so that its owner marker can be read.
+pub async fn access(
+    plan: &Plan,
+    o: &Overrides,
+    cancel: &CancellationToken,
+) -> Result<Access, ProviderError> {
+    let dir = cluster_dir(plan, o);
+    let kubeconfig = dir.join("kubeconfig");
+    let context = match effective(plan, o) {
         Provider::Existing {
             kubeconfig,
             context,
-        } => existing::access(kubeconfig, context),
-        _ => Ok(Access {
-            kubeconfig: cluster_dir(plan, o).join("kubeconfig"),
-            context: None,
-            managed: true,
-        }),
-    }
+        } => return existing::access(kubeconfig, context),
+        Provider::Kind { .. } => {
+            if !kubeconfig.is_file() {
+                std::fs::create_dir_all(&dir).map_err(|e| ProviderError::Tool {
+                    message: format!("cannot create the state folder `{}`: {e}", dir.display()),
+                })?;
+                kind::write_kubeconfig(&plan.cluster.name, &kubeconfig, cancel).await?;
+            }
+            Some(format!("kind-{}", plan.cluster.name))
+        }
+        Provider::Kwok { .. } => {
+            if !kubeconfig.is_file() {
+                write_kubeconfig(
+                    kwok::kwokctl(&dir),
+                    &plan.cluster.name,
+                    &kubeconfig,
+                    kwok::tool,
+                    cancel,
+                )
+                .await?;
+            }
+            None
+        }
+    };
+    Ok(Access {
+        kubeconfig,
+        context,
+        managed: true,
+    })
 }
 
 /// Deletes a cluster the engine created.
@@ -385,49 +419,6 @@ pub async fn delete(
         Provider::Kwok { .. } => kwok::delete(&plan.cluster.name, &dir, progress, cancel).await,
         Provider::Existing { .. } => Ok(false),
     }
-}
-
-/// Records that `plan` made this cluster.
-pub async fn mark_owner(kube: &Kube, plan: &str) -> Result<(), ProviderError> {
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": { "name": OWNER_MARKER, "namespace": "kube-system" },
-        "data": { "plan": plan },
-    }))
-    .expect("a valid ConfigMap");
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
-    let existing = api
-        .get_opt(OWNER_MARKER)
-        .await
-        .map_err(crate::error::StepError::from)?;
-    if existing
-        .as_ref()
-        .and_then(|c| c.data.as_ref())
-        .and_then(|d| d.get("plan"))
-        .map(String::as_str)
-        == Some(plan)
-    {
-        return Ok(());
-    }
-    api.patch(
-        OWNER_MARKER,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map_err(crate::error::StepError::from)?;
-    Ok(())
-}
-
-/// The plan named by the cluster's owner marker, if any.
-pub async fn owner(kube: &Kube) -> Result<Option<String>, ProviderError> {
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), "kube-system");
-    let cm = api
-        .get_opt(OWNER_MARKER)
-        .await
-        .map_err(crate::error::StepError::from)?;
-    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("plan").cloned()))
 }
 
 /// Copies the engine's kubeconfig into `~/.kube/config`'s place only when asked.

@@ -275,7 +275,8 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{ReleaseStatus, StepStatus, Unhealthy};
+    use crate::kube::health::Unhealthy;
+    use crate::session::{ReleaseStatus, StepStatus};
     use serde_json::json;
 
     fn steps() -> Vec<StepPreview> {

@@ -9,15 +9,15 @@ use super::{CANCELLED, Session, fetch_remote, phase_failure, run_options, unless
 use crate::cli::{DownArgs, EXIT_USAGE, PlanSource, load_plan, overrides, resolve_plan};
 use crate::kube::Kube;
 use crate::plan::Plan;
-use crate::provider::{self, Overrides, ProviderError};
+use crate::provider::{self, Overrides};
 use crate::run::{Event, Outcome, Runner, StepReport};
 
 /// How `bookinfo-down` goes on once the cluster is known.
 enum Teardown {
     /// Nothing is left to run (the cluster is gone, or was deleted whole).
     Done(Vec<StepReport>),
-    /// The steps' teardown, in reverse, against this client.
-    Run(Arc<Plan>, Arc<Kube>),
+    /// The steps' teardown, in reverse, against this client, under the cluster's lock.
+    Run(Arc<Plan>, Arc<Kube>, Option<provider::ClusterLock>),
 }
 
 /// Runs `bookinfo-down` to its exit code.
@@ -75,92 +75,90 @@ pub async fn down(args: DownArgs) -> i32 {
     // client and the remote manifests. Either it settles the whole teardown or it hands the
     // plan and a client to the runner.
     let setup = async {
-        if managed {
-            let exists = provider::exists(&plan, &o, &cancel)
+        // Not while another run works on the cluster: a second one waits here, and says so.
+        let lock = provider::lock(&plan, &o, "down", &|m| phase("cluster", m), &cancel)
+            .await
+            .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+        let dir = provider::cluster_dir(&plan, &o);
+        if managed
+            && !provider::exists(&plan, &o, &cancel)
                 .await
-                .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-            if !exists {
+                .map_err(|e| vec![phase_failure("cluster", e.to_string())])?
+        {
+            provider::ownership::forget_creation(&dir);
+            phase(
+                "cluster",
+                format!(
+                    "cluster `{}` does not exist: nothing to do",
+                    plan.cluster.name
+                ),
+            );
+            return Ok(Teardown::Done(vec![cluster_report(
+                &plan,
+                false,
+                Duration::ZERO,
+            )]));
+        }
+        // Nothing is deleted before the cluster is proven this plan's (or `--force` says so).
+        let kube = match provider::access(&plan, &o, &cancel).await {
+            Ok(a) => Kube::connect(&a.kubeconfig, a.context.as_deref())
+                .await
+                .map_err(|e| e.chain()),
+            Err(e) => Err(e.to_string()),
+        };
+        let ownership = match &kube {
+            Ok(kube) => {
+                provider::ownership::ownership(kube, &provider::ownership::claimant(&plan, &o))
+                    .await
+            }
+            Err(e) => provider::Ownership::Unreachable(e.clone()),
+        };
+        let rerun = crate::cli::rerun("bookinfo-down", c.plan.as_deref());
+        let intent = provider::Intent::Down { force: args.force };
+        provider::judge(&ownership, &plan, intent, &rerun)
+            .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
+        if delete_cluster {
+            if args.force
+                && !matches!(
+                    ownership,
+                    provider::Ownership::Marked | provider::Ownership::Created
+                )
+            {
                 phase(
                     "cluster",
                     format!(
-                        "cluster `{}` does not exist: nothing to do",
+                        "deleting cluster `{}` unproven (--force)",
                         plan.cluster.name
                     ),
                 );
-                return Ok(Teardown::Done(vec![StepReport {
-                    unit: crate::run::Unit::Phase,
-                    id: "cluster".into(),
-                    kind: "cluster".into(),
-                    check: false,
-                    outcome: Outcome::Unchanged {
-                        summary: format!("cluster `{}` is already gone", plan.cluster.name),
-                    },
-                    elapsed: Duration::ZERO,
-                    attempts: 1,
-                    artifacts: None,
-                }]));
             }
-            let access = provider::access_for_down(&plan, &o)
+            let progress = |m: String| phase("cluster", m);
+            let t = Instant::now();
+            let deleted = provider::delete(&plan, &o, &progress, &cancel)
+                .await
                 .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-            if let Ok(kube) = Kube::connect(&access.kubeconfig, access.context.as_deref()).await
-                && let Ok(Some(owner)) = provider::owner(&kube).await
-                && owner != plan.name
-            {
-                let e = ProviderError::NotOurs {
-                    cluster: plan.cluster.name.clone(),
-                    owner,
-                    plan: plan.name.clone(),
-                };
-                return Err(vec![phase_failure("cluster", e.to_string())]);
-            }
-            if delete_cluster {
-                let progress = |m: String| phase("cluster", m);
-                let t = Instant::now();
-                let deleted = provider::delete(&plan, &o, &progress, &cancel)
-                    .await
-                    .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-                return Ok(Teardown::Done(vec![StepReport {
-                    unit: crate::run::Unit::Phase,
-                    id: "cluster".into(),
-                    kind: "cluster".into(),
-                    check: false,
-                    outcome: if deleted {
-                        Outcome::Changed {
-                            summary: format!(
-                                "deleted {} cluster `{}`",
-                                plan.cluster.provider_name(),
-                                plan.cluster.name
-                            ),
-                        }
-                    } else {
-                        Outcome::Unchanged {
-                            summary: format!("cluster `{}` is already gone", plan.cluster.name),
-                        }
-                    },
-                    elapsed: t.elapsed(),
-                    attempts: 1,
-                    artifacts: None,
-                }]));
-            }
+            provider::ownership::forget_creation(&dir);
+            drop(lock);
+            return Ok(Teardown::Done(vec![cluster_report(
+                &plan,
+                deleted,
+                t.elapsed(),
+            )]));
         }
-        let access = provider::access_for_down(&plan, &o)
-            .map_err(|e| vec![phase_failure("cluster", e.to_string())])?;
-        let kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
-            .await
-            .map_err(|e| vec![phase_failure("cluster", e.chain())])?;
+        let kube = kube.map_err(|e| vec![phase_failure("cluster", e)])?;
         // Teardown needs the objects of remote manifests too (from the cache when warm).
         let mut plan = plan.clone();
         fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
             .await
             .map_err(|e| vec![phase_failure("fetch", e)])?;
-        Ok(Teardown::Run(Arc::new(plan), Arc::new(kube)))
+        Ok(Teardown::Run(Arc::new(plan), Arc::new(kube), lock))
     };
     let steps = match unless_cancelled(&cancel, setup)
         .await
         .unwrap_or_else(|| Err(vec![phase_failure("cluster", CANCELLED.into())]))
     {
         Ok(Teardown::Done(steps)) => steps,
-        Ok(Teardown::Run(plan, kube)) => {
+        Ok(Teardown::Run(plan, kube, _lock)) => {
             let options = run_options(c, &o, &plan, &[], &[], true);
             let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
             runner.run().await
@@ -185,6 +183,29 @@ pub async fn down(args: DownArgs) -> i32 {
     let report = session.report(&plan, "down", steps);
     drop(tx);
     session.finish(report).await
+}
+
+/// The cluster phase's report: the cluster deleted, or already gone.
+fn cluster_report(plan: &Plan, deleted: bool, elapsed: Duration) -> StepReport {
+    let name = &plan.cluster.name;
+    StepReport {
+        unit: crate::run::Unit::Phase,
+        id: "cluster".into(),
+        kind: "cluster".into(),
+        check: false,
+        outcome: if deleted {
+            Outcome::Changed {
+                summary: format!("deleted {} cluster `{name}`", plan.cluster.provider_name()),
+            }
+        } else {
+            Outcome::Unchanged {
+                summary: format!("cluster `{name}` is already gone"),
+            }
+        },
+        elapsed,
+        attempts: 1,
+        artifacts: None,
+    }
 }
 
 /// The plan `bookinfo-down` runs: PLAN when given, else the one recorded for the only

@@ -18,7 +18,7 @@ use crate::cli::{
     load_plan, overrides_of, resolve_plan,
 };
 use crate::kube::Kube;
-use crate::kube::readiness::{self, Readiness};
+use crate::kube::health::{Unhealthy, unhealthy};
 use crate::plan::{Action, Plan, Step};
 use crate::provider::{self, Access, Overrides};
 use crate::report::inspect as render;
@@ -78,7 +78,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         }
     }
     tracing::debug!("cluster found");
-    let access = provider::access_for_down(&plan, &o).map_err(|e| {
+    let access = provider::access(&plan, &o, &cancel).await.map_err(|e| {
         eprintln!("error: {e}");
         EXIT_CLUSTER
     })?;
@@ -103,6 +103,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     let gvks = plan_kinds(&plan);
     // The remote manifests are read and parsed (CPU work) on a task of their own, beside the
     // requests.
+    let claimant = provider::ownership::claimant(&plan, &o);
     let fetch_options = o.clone();
     let fetch = tokio::spawn(async move {
         let result = fetch_remote(&mut plan, &fetch_options, &|_| {}).await;
@@ -110,7 +111,10 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     });
     // One read that every later one depends on: whether the API server answers, and whose
     // cluster this is; at the same time, discovery of the plan's groups.
-    let (owner, ()) = tokio::join!(provider::owner(&kube), kube.prefetch_discovery(&gvks));
+    let (ownership, ()) = tokio::join!(
+        provider::ownership::ownership(&kube, &claimant),
+        kube.prefetch_discovery(&gvks)
+    );
     let (plan, fetched) = match fetch.await {
         Ok(done) => done,
         Err(e) => {
@@ -119,27 +123,10 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         }
     };
     tracing::debug!("owner, discovery and remote manifests read");
-    match owner {
-        Ok(Some(owner)) if managed && owner != plan.name => {
-            eprintln!(
-                "error: cluster `{cluster}` was made by plan `{owner}`, not `{}`: comparing would mislead\n  = help: name plan `{owner}`, or give this plan its own cluster name",
-                plan.name
-            );
-            return Err(EXIT_CLUSTER);
-        }
-        Ok(_) => {}
-        Err(e) => {
-            let help = if managed {
-                format!(
-                    "\n  = help: a stopped cluster is started by `bookinfo-up {}`",
-                    plan_arg(a)
-                )
-            } else {
-                String::new()
-            };
-            eprintln!("error: the API server of cluster `{cluster}` does not answer: {e}{help}");
-            return Err(EXIT_CLUSTER);
-        }
+    let rerun = format!("bookinfo-up {}", plan_arg(a));
+    if let Err(e) = provider::judge(&ownership, &plan, provider::Intent::Inspect, &rerun) {
+        eprintln!("error: {e}");
+        return Err(EXIT_CLUSTER);
     }
     fetched.map_err(|e| {
         eprintln!("error: {e}");
@@ -341,13 +328,6 @@ pub struct ReleaseStatus {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Unhealthy {
-    /// `namespace/name: why`
-    pub deployments: Vec<String>,
-    pub pods: Vec<String>,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub plan: String,
@@ -487,51 +467,4 @@ async fn check_once(t: &Target, s: &Step) -> StepStatus {
         }
     };
     StepStatus::new(s, state, summary)
-}
-
-/// Deployments not available and pods not ready in the plan's namespaces, with why.
-async fn unhealthy(kube: &Kube, namespaces: &std::collections::BTreeSet<String>) -> Unhealthy {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Pod;
-    let mut out = Unhealthy::default();
-    let lp = kube::api::ListParams::default();
-    for ns in namespaces {
-        let deployments: kube::Api<Deployment> = kube::Api::namespaced(kube.client.clone(), ns);
-        match deployments.list(&lp).await {
-            Ok(list) => {
-                for d in &list.items {
-                    if let Readiness::Waiting(why) | Readiness::Failed(why) =
-                        readiness::deployment(d)
-                    {
-                        let name = d.metadata.name.clone().unwrap_or_default();
-                        out.deployments.push(format!("{ns}/{name}: {why}"));
-                    }
-                }
-            }
-            Err(e) if crate::kube::is_not_found(&e) => {}
-            Err(e) => out
-                .deployments
-                .push(format!("{ns}: cannot list Deployments: {e}")),
-        }
-        let pods: kube::Api<Pod> = kube::Api::namespaced(kube.client.clone(), ns);
-        match pods.list(&lp).await {
-            Ok(list) => {
-                for p in &list.items {
-                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                    if readiness::pod_is_gone(p) || phase == Some("Succeeded") {
-                        continue;
-                    }
-                    if let Readiness::Waiting(why) | Readiness::Failed(why) =
-                        readiness::pod(p, None, None)
-                    {
-                        let name = p.metadata.name.clone().unwrap_or_default();
-                        out.pods.push(format!("{ns}/{name}: {why}"));
-                    }
-                }
-            }
-            Err(e) if crate::kube::is_not_found(&e) => {}
-            Err(e) => out.pods.push(format!("{ns}: cannot list pods: {e}")),
-        }
-    }
-    out
 }

@@ -7,7 +7,7 @@ use super::{CANCELLED, Session, fetch_remote, run_options, unless_cancelled};
 use crate::cli::{EXIT_USAGE, UpArgs, check_ids, load_plan, overrides, resolve_plan};
 use crate::kube::Kube;
 use crate::plan::Plan;
-use crate::provider::{self, Access, Findings, PlanRecord, ProviderError, Severity};
+use crate::provider::{self, Access, Findings, PlanRecord, Severity};
 use crate::report;
 use crate::run::{Event, NextSteps, Runner};
 
@@ -52,6 +52,11 @@ pub async fn up(args: UpArgs) -> i32 {
     // Preflight's findings, for the final report; filled before anything else can fail.
     let findings = std::sync::Mutex::new(Findings::default());
     let setup = async {
+        // One run at a time on a cluster the engine manages: a second one waits here, and
+        // says so, until the first has finished.
+        let lock = provider::lock(&plan, &o, "up", &|m| phase("cluster", m), &cancel)
+            .await
+            .map_err(|e| phase_failure("cluster", e.to_string()))?;
         phase(
             "preflight",
             "checking tools and the cluster's preconditions".into(),
@@ -86,21 +91,24 @@ pub async fn up(args: UpArgs) -> i32 {
         if let Some(path) = ledger_path(&plan, &o) {
             kube.ledger = crate::kube::ledger::Ledger::load(&path);
         }
-        if access.managed {
-            match provider::owner(&kube).await {
-                Ok(Some(owner)) if owner != plan.name => {
-                    let e = ProviderError::NotOurs {
-                        cluster: plan.cluster.name.clone(),
-                        owner,
-                        plan: plan.name.clone(),
-                    };
-                    return Err(phase_failure("cluster", e.to_string()));
+        let ownership =
+            provider::ownership::ownership(&kube, &provider::ownership::claimant(&plan, &o)).await;
+        let rerun = crate::cli::rerun("bookinfo-up", c.plan.as_deref());
+        let intent = provider::Intent::Up { adopt: args.adopt };
+        match provider::judge(&ownership, &plan, intent, &rerun) {
+            Ok(provider::Verdict::Proceed) => {}
+            Ok(provider::Verdict::Mark) => {
+                if ownership == provider::Ownership::Unmarked {
+                    phase(
+                        "cluster",
+                        format!("adopting cluster `{}` (--adopt)", plan.cluster.name),
+                    );
                 }
-                Ok(_) => provider::mark_owner(&kube, &plan.name)
+                provider::mark_owner(&kube, &plan.name, &provider::cluster_dir(&plan, &o))
                     .await
-                    .map_err(|e| phase_failure("cluster", e.to_string()))?,
-                Err(e) => return Err(phase_failure("cluster", e.to_string())),
+                    .map_err(|e| phase_failure("cluster", e.to_string()))?;
             }
+            Err(e) => return Err(phase_failure("cluster", e.to_string())),
         }
         // Which plan made the cluster, for `bookinfo-down` without a PLAN; written once the
         // cluster is known to be this plan's.
@@ -130,16 +138,17 @@ pub async fn up(args: UpArgs) -> i32 {
                 format!("kubeconfig copied to {}", target.display()),
             );
         }
-        Ok((Arc::new(kube), access))
+        Ok((Arc::new(kube), access, lock))
     };
     let result = unless_cancelled(&cancel, setup)
         .await
         .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
-    let access = result.as_ref().ok().map(|(_, a)| a.clone());
+    let access = result.as_ref().ok().map(|(_, a, _)| a.clone());
     let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
 
     let steps = match result {
-        Ok((kube, _)) => {
+        // The lock is held until the runner is done.
+        Ok((kube, _, _lock)) => {
             let plan = Arc::new(plan.clone());
             let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
             let runner = Runner::new(

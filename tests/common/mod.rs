@@ -472,3 +472,187 @@ pub fn step_outcomes(summary: &serde_json::Value) -> Option<Vec<(String, String)
             .collect(),
     )
 }
+
+/// Which binary a `Product` run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bin {
+    Up,
+    Down,
+}
+
+/// One run of `bookinfo-up` or `bookinfo-down` as a user starts it: from the repository, with
+/// a plan, a state folder (and a download cache inside it) of the test's own, variables
+/// (`BOOKINFO_UP_VAR_<name>`), arguments, the testbed first on PATH, plain logs and the JSON
+/// summary on stdout.
+///
+/// ```ignore
+/// let ran = Product::up(&tb).plan("plans/sim.toml").state(dir).args(["--only", "x"]).expect(0);
+/// assert_eq!(ran.outcome("x"), "changed");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Product {
+    command: Bin,
+    plan: Option<String>,
+    state: Option<PathBuf>,
+    vars: Vec<(String, String)>,
+    envs: Vec<(String, String)>,
+    args: Vec<String>,
+    path_env: String,
+}
+
+/// What a `Product` run did: its exit code, its parsed summary (`Null` when it printed
+/// none), and its stderr.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: i32,
+    pub summary: serde_json::Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Product {
+    pub fn up(tb: &Testbed) -> Self {
+        Self::new(Bin::Up, tb.path_env())
+    }
+
+    pub fn down(tb: &Testbed) -> Self {
+        Self::new(Bin::Down, tb.path_env())
+    }
+
+    /// A run with `path_env` as PATH (a test that needs more than the testbed on it).
+    pub fn new(command: Bin, path_env: String) -> Self {
+        Self {
+            command,
+            plan: None,
+            state: None,
+            vars: Vec::new(),
+            envs: Vec::new(),
+            args: Vec::new(),
+            path_env,
+        }
+    }
+
+    pub fn plan(mut self, plan: &str) -> Self {
+        self.plan = Some(plan.to_string());
+        self
+    }
+
+    pub fn state(mut self, dir: &Path) -> Self {
+        self.state = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Overrides plan variable `name` (`BOOKINFO_UP_VAR_<name>`).
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The same run as `down` (or `up`): the plan, state, variables and PATH, no arguments.
+    pub fn then(&self, command: Bin) -> Self {
+        Self {
+            command,
+            args: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let bin = match self.command {
+            Bin::Up => env!("CARGO_BIN_EXE_bookinfo-up"),
+            Bin::Down => env!("CARGO_BIN_EXE_bookinfo-down"),
+        };
+        let mut c = Command::new(bin);
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PATH", &self.path_env)
+            .args(&self.args)
+            .args(["--output", "json", "--log-format", "plain"]);
+        if let Some(plan) = &self.plan {
+            c.arg(plan);
+        }
+        if let Some(state) = &self.state {
+            c.env("BOOKINFO_UP_STATE_DIR", state)
+                .env("BOOKINFO_UP_CACHE_DIR", state.join("cache"));
+        }
+        for (name, value) in &self.vars {
+            c.env(format!("BOOKINFO_UP_VAR_{name}"), value);
+        }
+        for (name, value) in &self.envs {
+            c.env(name, value);
+        }
+        c
+    }
+
+    /// Starts it without waiting (for runs side by side).
+    pub fn spawn(&self) -> std::process::Child {
+        self.command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the product starts")
+    }
+
+    pub fn run(&self) -> Ran {
+        Ran::from(self.command().output().expect("the product runs"))
+    }
+
+    /// Runs it and asserts its exit code.
+    pub fn expect(&self, code: i32) -> Ran {
+        let ran = self.run();
+        assert_eq!(
+            ran.code, code,
+            "{:?} {:?}: exit {} (expected {code})\n{}",
+            self.command, self.args, ran.code, ran.stderr
+        );
+        ran
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(out: Output) -> Self {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            summary: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// (step, outcome) of every step and phase in the summary.
+    pub fn outcomes(&self) -> Vec<(String, String)> {
+        step_outcomes(&self.summary)
+            .unwrap_or_else(|| panic!("the run printed no summary:\n{}", self.stderr))
+    }
+
+    /// The outcome of step or phase `id` (`changed`, `unchanged`, `failed`, `skipped`).
+    pub fn outcome(&self, id: &str) -> String {
+        self.outcomes()
+            .into_iter()
+            .find_map(|(i, o)| (i == id).then_some(o))
+            .unwrap_or_else(|| panic!("no `{id}` in the summary:\n{}", self.summary))
+    }
+
+    /// The failure cause of step or phase `id`, or "".
+    pub fn cause(&self, id: &str) -> String {
+        self.summary["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["id"] == id)
+            .and_then(|s| s["cause"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}

@@ -144,8 +144,11 @@ async fn exists_with(
     super::lists_cluster(kind, name, tool, cancel).await
 }
 
+/// Makes sure kind cluster `name` exists; `plan` names the run that creates it (its creation
+/// record is written first, see `ownership`).
 pub async fn ensure(
     name: &str,
+    plan: &str,
     node_image: &str,
     ports: &[PortMapping],
     dir: &Path,
@@ -163,6 +166,7 @@ pub async fn ensure(
                 message: format!("cannot write the kind config: {e}"),
             }
         })?;
+        super::ownership::record_creation(dir, plan)?;
         progress(format!("creating kind cluster `{name}` ({node_image})"));
         let create = create_command(kind.clone(), name, dir);
         // Dropping the run at the deadline kills kind's process group; the node container
@@ -190,6 +194,15 @@ pub async fn ensure(
         context: Some(format!("kind-{name}")),
         managed: true,
     })
+}
+
+/// Writes the kubeconfig of kind cluster `name` to `path` (`kind get kubeconfig`).
+pub async fn write_kubeconfig(
+    name: &str,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), ProviderError> {
+    super::write_kubeconfig(kind(cancel).await, name, path, tool, cancel).await
 }
 
 /// Why `kind create cluster` was stopped, and what to try.
