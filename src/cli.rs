@@ -154,12 +154,7 @@ pub struct InspectArgs {
     pub color: ColorChoice,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
+pub use crate::report::ColorChoice;
 
 const DIFF_HELP: &str = "\
 Shows what `bookinfo-up PLAN` would change on the running cluster, without changing it: a

@@ -109,6 +109,17 @@ pub fn render_chain(
     out
 }
 
+/// The one mapping of a step's tool failure (helm, an exec step's program): fatal, with the
+/// tool's error as its cause (a cancelled run needs none).
+impl From<crate::process::ToolError> for StepError {
+    fn from(e: crate::process::ToolError) -> Self {
+        match e {
+            crate::process::ToolError::Cancelled { .. } => StepError::fatal(e.to_string()),
+            other => StepError::fatal(other.to_string()).with_source(other),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod diag;
 pub mod embedded;
 pub mod error;
 pub mod kube;
+pub mod merge;
 pub mod plan;
 pub mod process;
 pub mod provider;

@@ -17,6 +17,16 @@ fn sim(tb: &crate::common::Testbed, state: &Path) -> Product {
     Product::up(tb).plan("plans/sim.toml").state(state)
 }
 
+/// Takes the test's cluster down when dropped, whatever the test left it as (a failed test
+/// too): `--force`, since the test may have left it unmarked or stopped.
+struct ForceDown(Product);
+
+impl Drop for ForceDown {
+    fn drop(&mut self) {
+        let _ = self.0.then(Bin::Down).args(["--force"]).run();
+    }
+}
+
 fn cluster_exists(state: &Path) -> bool {
     state
         .join("clusters")
@@ -36,6 +46,7 @@ fn two_runs_started_together_both_succeed() {
             .tempdir()
             .unwrap();
         let up = sim(&tb, state.path()).args(ONE_STEP);
+        let _cleanup = ForceDown(up.clone());
         let (a, b) = (up.spawn(), up.spawn());
         let runs: Vec<Ran> = [a, b]
             .into_iter()
@@ -81,6 +92,7 @@ fn a_cluster_is_deleted_or_taken_over_only_when_proven_ours() {
         .unwrap();
     let up = sim(&tb, state.path()).args(ONE_STEP);
     let down = up.then(Bin::Down);
+    let _cleanup = ForceDown(up.clone());
     up.expect(0);
     let dir = state.path().join("clusters").join(CLUSTER);
     let kubeconfig = dir.join("kubeconfig");

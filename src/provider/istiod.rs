@@ -204,8 +204,7 @@ pub async fn ensure_net(net: &Net, cancel: &CancellationToken) -> Result<(), Pro
     let out = Tool::new("sh")
         .args(["-euc", &net.setup_script()])
         .run(cancel)
-        .await
-        .map_err(super::kwok::tool)?;
+        .await?;
     if !out.success {
         delete_net(net, cancel).await;
         return Err(ProviderError::Tool {

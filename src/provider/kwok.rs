@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::istiod::{self, Launch, Net};
 use super::{Access, Problem, ProviderError};
 use crate::kube::{FIELD_MANAGER, Kube};
-use crate::process::{Tool, ToolError};
+use crate::process::Tool;
 
 /// Binaries kwokctl needs for the binary runtime, by the flag that names each.
 pub const BINARIES: &[(&str, &str)] = &[
@@ -195,8 +195,7 @@ pub async fn ensure(
         let out = kwokctl(dir)
             .args(["start", "cluster", "--name", spec.name, "--wait", "120s"])
             .run(cancel)
-            .await
-            .map_err(tool)?;
+            .await?;
         if !out.success {
             return Err(ProviderError::Tool {
                 message: format!(
@@ -221,7 +220,7 @@ pub async fn ensure(
         std::fs::write(dir.join(PORTS_CONFIG), config).map_err(|e| ProviderError::Tool {
             message: format!("cannot write `{}`: {e}", dir.join(PORTS_CONFIG).display()),
         })?;
-        let out = create_command(spec, dir).run(cancel).await.map_err(tool)?;
+        let out = create_command(spec, dir).run(cancel).await?;
         if !out.success {
             return Err(ProviderError::Tool {
                 message: format!(
@@ -233,7 +232,7 @@ pub async fn ensure(
         }
     }
     if !kubeconfig.is_file() {
-        super::write_kubeconfig(kwokctl(dir), spec.name, &kubeconfig, tool, cancel).await?;
+        super::write_kubeconfig(kwokctl(dir), spec.name, &kubeconfig, cancel).await?;
     }
     ready(spec, dir, kubeconfig, net.as_ref(), cancel).await
 }
@@ -494,8 +493,7 @@ pub async fn delete(
         .args(["delete", "cluster", "--name", name, "--kubeconfig"])
         .arg(dir.join("kubeconfig"))
         .run(cancel)
-        .await
-        .map_err(tool)?;
+        .await?;
     if !out.success {
         return Err(ProviderError::Tool {
             message: format!("kwokctl delete cluster {name} failed:\n{}", out.tail(15)),
@@ -518,15 +516,6 @@ async fn delete_istiod_net(dir: &Path, cancel: &CancellationToken) -> Result<(),
         let _ = std::fs::remove_file(dir.join("istiod-net"));
     }
     Ok(())
-}
-
-pub(super) fn tool(e: ToolError) -> ProviderError {
-    match e {
-        ToolError::Cancelled { .. } => ProviderError::Cancelled,
-        other => ProviderError::Tool {
-            message: other.to_string(),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,33 @@ pub enum ProviderError {
     Kube(#[from] crate::error::StepError),
 }
 
+/// The one mapping of a provider tool's failure: cancelled stays cancelled; a tool that is not
+/// installed says where to get it.
+impl From<crate::process::ToolError> for ProviderError {
+    fn from(e: crate::process::ToolError) -> Self {
+        use crate::process::ToolError;
+        let install = |program: &str| match program {
+            "kind" => Some("https://kind.sigs.k8s.io/docs/user/quick-start/#installation"),
+            "kwokctl" => Some("https://kwok.sigs.k8s.io/docs/user/installation/"),
+            _ => None,
+        };
+        match e {
+            ToolError::Cancelled { .. } => ProviderError::Cancelled,
+            ToolError::NotFound { ref program } if install(program).is_some() => {
+                ProviderError::Tool {
+                    message: format!(
+                        "{e}: install {program} ({})",
+                        install(program).unwrap_or_default()
+                    ),
+                }
+            }
+            other => ProviderError::Tool {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// Options from the command line that affect providers.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -147,21 +174,18 @@ pub fn cluster_dir(plan: &Plan, o: &Overrides) -> PathBuf {
     o.state_dir.join("clusters").join(&plan.cluster.name)
 }
 
-/// Writes what `<tool> get kubeconfig --name NAME` (kind, kwokctl) prints to `path`; `error`
-/// maps the tool's own failures.
+/// Writes what `<tool> get kubeconfig --name NAME` (kind, kwokctl) prints to `path`.
 async fn write_kubeconfig(
     tool: crate::process::Tool,
     name: &str,
     path: &Path,
-    error: fn(crate::process::ToolError) -> ProviderError,
     cancel: &CancellationToken,
 ) -> Result<(), ProviderError> {
     let program = tool.program().to_string();
     let out = tool
         .args(["get", "kubeconfig", "--name", name])
         .run(cancel)
-        .await
-        .map_err(error)?;
+        .await?;
     if !out.success {
         return Err(ProviderError::Tool {
             message: format!("{program} get kubeconfig failed:\n{}", out.tail(10)),
@@ -172,20 +196,14 @@ async fn write_kubeconfig(
     })
 }
 
-/// Whether `<tool> get clusters` (kind, kwokctl) lists cluster `name`; `error` maps the
-/// tool's own failures.
+/// Whether `<tool> get clusters` (kind, kwokctl) lists cluster `name`.
 async fn lists_cluster(
     tool: crate::process::Tool,
     name: &str,
-    error: fn(crate::process::ToolError) -> ProviderError,
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
     let program = tool.program().to_string();
-    let out = tool
-        .args(["get", "clusters"])
-        .run(cancel)
-        .await
-        .map_err(error)?;
+    let out = tool.args(["get", "clusters"]).run(cancel).await?;
     if !out.success {
         return Err(ProviderError::Tool {
             message: format!("{program} get clusters failed:\n{}", out.tail(10)),
@@ -387,14 +405,8 @@ pub async fn access(
         }
         Provider::Kwok { .. } => {
             if !kubeconfig.is_file() {
-                write_kubeconfig(
-                    kwok::kwokctl(&dir),
-                    &plan.cluster.name,
-                    &kubeconfig,
-                    kwok::tool,
-                    cancel,
-                )
-                .await?;
+                write_kubeconfig(kwok::kwokctl(&dir), &plan.cluster.name, &kubeconfig, cancel)
+                    .await?;
             }
             None
         }

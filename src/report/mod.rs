@@ -56,11 +56,23 @@ pub struct ReportOptions {
     pub junit: Option<PathBuf>,
 }
 
-/// Whether stderr should get colour: it is a terminal and `NO_COLOR` is unset or empty.
-pub fn color_enabled() -> bool {
-    use std::io::IsTerminal as _;
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    !no_color && std::io::stderr().is_terminal()
+/// When to colour output (`--color`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set (and not empty).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The one colour decision, for output that goes to a terminal or not (`terminal`).
+pub fn use_color(choice: ColorChoice, terminal: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && terminal,
+    }
 }
 
 /// Renders events until `RunFinished` (or until the runner drops its sender), then writes

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::fetch_remote;
 use crate::change::ChangeKind;
 use crate::cli::{
-    ColorChoice, EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_INCOMPLETE, EXIT_USAGE, InspectArgs, check_ids,
-    load_plan, overrides_of, resolve_plan,
+    EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_INCOMPLETE, EXIT_USAGE, InspectArgs, check_ids, load_plan,
+    overrides_of, resolve_plan,
 };
 use crate::kube::Kube;
 use crate::kube::health::{Unhealthy, unhealthy};
@@ -132,14 +132,9 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         eprintln!("error: {e}");
         EXIT_INCOMPLETE
     })?;
-    let color = match a.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            use std::io::IsTerminal as _;
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stdout().is_terminal()
-        }
+    let color = {
+        use std::io::IsTerminal as _;
+        crate::report::use_color(a.color, std::io::stdout().is_terminal())
     };
     Ok(Target {
         plan,

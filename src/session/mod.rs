@@ -191,8 +191,9 @@ pub(crate) async fn fetch_remote(
     Ok(())
 }
 
+/// Colour on stderr: a terminal, unless `NO_COLOR`.
 fn color_enabled() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+    report::use_color(report::ColorChoice::Auto, std::io::stderr().is_terminal())
 }
 
 /// `BOOKINFO_UP_LOG`, else `default`; never rustls below info, whatever BOOKINFO_UP_LOG asks

@@ -4,16 +4,13 @@
 
 use crate::error::{StepError, StepResult};
 use crate::plan::model::Exec;
-use crate::process::{Tool, ToolError};
+use crate::process::Tool;
 use crate::run::{Outcome, StepCtx};
 
 pub async fn run(e: &Exec, ctx: &StepCtx) -> StepResult<Outcome> {
     if !e.unless.is_empty() {
         ctx.progress(format!("checking `{}`", e.unless.join(" ")));
-        let probe = tool(&e.unless, e, ctx)
-            .run(&ctx.cancel)
-            .await
-            .map_err(tool_error)?;
+        let probe = tool(&e.unless, e, ctx).run(&ctx.cancel).await?;
         if probe.success {
             return Ok(Outcome::Unchanged {
                 summary: format!("`{}` succeeded: nothing to do", e.unless.join(" ")),
@@ -21,10 +18,7 @@ pub async fn run(e: &Exec, ctx: &StepCtx) -> StepResult<Outcome> {
         }
     }
     ctx.progress(format!("running `{}`", e.command.join(" ")));
-    let out = tool(&e.command, e, ctx)
-        .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
+    let out = tool(&e.command, e, ctx).run(&ctx.cancel).await?;
     if !out.success {
         return Err(StepError::fatal(format!(
             "`{}` exited with {}:\n{}",
@@ -53,11 +47,4 @@ fn tool(words: &[String], e: &Exec, ctx: &StepCtx) -> Tool {
         .dir(&e.dir)
         .env("BOOKINFO_UP_STEP", &ctx.id)
         .env("BOOKINFO_UP_PLAN", &ctx.plan_name)
-}
-
-pub(crate) fn tool_error(e: ToolError) -> StepError {
-    match e {
-        ToolError::Cancelled { .. } => StepError::fatal(e.to_string()),
-        other => StepError::fatal(other.to_string()).with_source(other),
-    }
 }

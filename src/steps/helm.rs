@@ -9,7 +9,6 @@ use crate::error::{StepError, StepResult};
 use crate::plan::model::{ChartRef, Helm};
 use crate::process::Tool;
 use crate::run::{Outcome, StepCtx};
-use crate::steps::exec::tool_error;
 
 /// What the cluster holds for a release.
 #[derive(Debug, PartialEq)]
@@ -111,7 +110,7 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
         h.release,
         if h.wait { ", waiting for it" } else { "" }
     ));
-    let out = tool.run(&ctx.cancel).await.map_err(tool_error)?;
+    let out = tool.run(&ctx.cancel).await?;
     if !out.success {
         let tail = out.tail(15);
         // Helm fails this way while the API server restarts or a webhook is not yet serving.
@@ -351,8 +350,7 @@ async fn uninstall(h: &Helm, ctx: &StepCtx, timeout: &str) -> StepResult<Result<
             timeout,
         ])
         .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
+        .await?;
     Ok(if out.success || out.stderr.contains("not found") {
         Ok(())
     } else {
@@ -379,8 +377,7 @@ async fn releases_in(h: &Helm, ctx: &StepCtx) -> StepResult<Vec<Value>> {
             "json",
         ])
         .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
+        .await?;
     if !out.success {
         return Err(StepError::transient(format!(
             "helm list failed:\n{}",
@@ -544,8 +541,7 @@ async fn observe_cli(h: &Helm, ctx: &StepCtx) -> StepResult<Option<Deployed>> {
             "json",
         ])
         .run(&ctx.cancel)
-        .await
-        .map_err(tool_error)?;
+        .await?;
     if !values.success {
         return Err(StepError::transient(format!(
             "helm get values {} failed:\n{}",
@@ -599,9 +595,9 @@ fn desired_values(h: &Helm) -> StepResult<Value> {
         let v: Value = serde_saphyr::from_str(&text).map_err(|e| {
             StepError::fatal(format!("values file `{}` is not YAML", f.display())).with_source(e)
         })?;
-        merge(&mut merged, v);
+        crate::merge::merge(&mut merged, &v);
     }
-    merge(&mut merged, h.values.clone());
+    crate::merge::merge(&mut merged, &h.values);
     Ok(merged)
 }
 
@@ -628,23 +624,6 @@ fn chart_identity(h: &Helm) -> StepResult<(String, String)> {
     }
 }
 
-/// Deep merge as helm coalesces values: maps merge, everything else replaces.
-pub fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,13 +641,6 @@ mod tests {
         assert_eq!(d.values, json!({}));
         let d = parse_deployed(&release, r#"{"service":{"type":"NodePort"}}"#).unwrap();
         assert_eq!(d.values, json!({"service": {"type": "NodePort"}}));
-    }
-
-    #[test]
-    fn merges_maps_and_replaces_lists() {
-        let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
-        merge(&mut base, json!({"a": {"c": [3], "e": true}}));
-        assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": true}, "d": 1}));
     }
 
     #[test]

@@ -390,7 +390,7 @@ pub fn fold_config_merges(plan: &mut crate::plan::Plan) -> Result<usize, String>
                     c.key, c.namespace, c.configmap, m.source
                 )
             })?;
-            helm::merge(&mut content, c.merge.clone());
+            crate::merge::merge(&mut content, &c.merge);
             let merged = serde_saphyr::to_string(&content).map_err(|e| e.to_string())?;
             checksum = Some(hex::encode(Sha256::digest(merged.as_bytes())));
             m.object["data"][&c.key] = serde_json::Value::String(merged);

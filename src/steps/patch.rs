@@ -153,8 +153,7 @@ pub async fn run_config_merge(c: &model::ConfigMerge, ctx: &StepCtx) -> StepResu
         let text = live.data.as_ref().and_then(|d| d.get(&c.key));
         let current = cm.parse(text.map(String::as_str))?;
         let mut merged = current.clone();
-        let mut originals = Vec::new();
-        deep_merge(&mut merged, &c.merge, &mut Vec::new(), &mut originals);
+        let originals = merge_recording(&mut merged, &c.merge);
         let pending = annotation(&live, &cm.pending_annotation).is_some();
 
         if merged == current {
@@ -236,7 +235,7 @@ pub async fn preview_config_merge(
     let text = live.data.as_ref().and_then(|d| d.get(&c.key));
     let current = cm.parse(text.map(String::as_str))?;
     let mut merged = current.clone();
-    deep_merge(&mut merged, &c.merge, &mut Vec::new(), &mut Vec::new());
+    crate::merge::merge(&mut merged, &c.merge);
     let restarts = restart_list(&c.restart).replace(',', ", ");
     if merged == current {
         if annotation(&live, &cm.pending_annotation).is_some() && !c.restart.is_empty() {
@@ -503,32 +502,17 @@ fn annotation_name(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Merges `patch` into `base`: mappings merge recursively, anything else replaces. Records
-/// the value each replaced setting had (or that it was absent) in `originals`.
-fn deep_merge(
-    base: &mut Value,
-    patch: &Value,
-    path: &mut Vec<String>,
-    originals: &mut Vec<Original>,
-) {
-    let (Some(base), Some(patch)) = (base.as_object_mut(), patch.as_object()) else {
-        return;
-    };
-    for (k, v) in patch {
-        path.push(k.clone());
-        match base.get_mut(k) {
-            Some(b) if b.is_object() && v.is_object() => deep_merge(b, v, path, originals),
-            existing => {
-                originals.push(Original {
-                    path: path.clone(),
-                    absent: existing.is_none(),
-                    value: existing.map(|e| e.clone()).unwrap_or(Value::Null),
-                });
-                base.insert(k.clone(), v.clone());
-            }
-        }
-        path.pop();
-    }
+/// Merges `over` into `content` (see `crate::merge`); returns what it replaced, for undoing.
+fn merge_recording(content: &mut Value, over: &Value) -> Vec<Original> {
+    let mut originals = Vec::new();
+    crate::merge::merge_recording(content, over, &mut |path, before| {
+        originals.push(Original {
+            path: path.to_vec(),
+            absent: before.is_none(),
+            value: before.cloned().unwrap_or(Value::Null),
+        });
+    });
+    originals
 }
 
 /// Puts recorded settings back, latest record first, so that the earliest (the true
@@ -575,8 +559,7 @@ mod tests {
     fn merge_is_recursive_and_records_what_it_replaced() {
         let mut base = json!({"auth": {"strategy": "anonymous"}, "external_services": {"grafana": {"enabled": false}, "x": 1}});
         let merge = json!({"external_services": {"grafana": {"enabled": true, "internal_url": "http://grafana:3000"}}});
-        let mut originals = Vec::new();
-        deep_merge(&mut base, &merge, &mut Vec::new(), &mut originals);
+        let originals = merge_recording(&mut base, &merge);
         assert_eq!(
             base,
             json!({"auth": {"strategy": "anonymous"}, "external_services": {"grafana": {"enabled": true, "internal_url": "http://grafana:3000"}, "x": 1}})
@@ -593,16 +576,6 @@ mod tests {
             base,
             json!({"auth": {"strategy": "anonymous"}, "external_services": {"grafana": {"enabled": false}, "x": 1}})
         );
-    }
-
-    #[test]
-    fn merging_twice_changes_nothing() {
-        let merge = json!({"a": {"b": [1, 2], "c": {"d": "e"}}});
-        let mut once = json!({"a": {"b": [3], "z": true}});
-        deep_merge(&mut once, &merge, &mut Vec::new(), &mut Vec::new());
-        let mut twice = once.clone();
-        deep_merge(&mut twice, &merge, &mut Vec::new(), &mut Vec::new());
-        assert_eq!(once, twice);
     }
 
     #[test]

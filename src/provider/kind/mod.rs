@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::host_port::{self, Holder, PortState};
 use super::{Access, Findings, Problem, ProviderError, Severity};
 use crate::plan::PortMapping;
-use crate::process::{Tool, ToolError};
+use crate::process::Tool;
 
 /// inotify limits kind recommends; below them a cluster may fail with "too many open files"
 /// (kind's known-issues page), though one cluster often runs on the stock values.
@@ -141,7 +141,7 @@ async fn exists_with(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
-    super::lists_cluster(kind, name, tool, cancel).await
+    super::lists_cluster(kind, name, cancel).await
 }
 
 /// Makes sure kind cluster `name` exists; `plan` names the run that creates it (its creation
@@ -159,7 +159,7 @@ pub async fn ensure(
     let kind = kind(cancel).await;
     if exists_with(kind.clone(), name, cancel).await? {
         progress(format!("kind cluster `{name}` exists"));
-        super::write_kubeconfig(kind, name, &kubeconfig, tool, cancel).await?;
+        super::write_kubeconfig(kind, name, &kubeconfig, cancel).await?;
     } else {
         std::fs::write(dir.join("kind.yaml"), render_config(node_image, ports)).map_err(|e| {
             ProviderError::Tool {
@@ -172,7 +172,7 @@ pub async fn ensure(
         // Dropping the run at the deadline kills kind's process group; the node container
         // it may have left behind is deleted, so the next run starts clean.
         let out = match tokio::time::timeout(CREATE_TIMEOUT, create.run(cancel)).await {
-            Ok(out) => out.map_err(tool)?,
+            Ok(out) => out?,
             Err(_) => {
                 let _ = kind
                     .args(["delete", "cluster", "--name", name])
@@ -202,7 +202,7 @@ pub async fn write_kubeconfig(
     path: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), ProviderError> {
-    super::write_kubeconfig(kind(cancel).await, name, path, tool, cancel).await
+    super::write_kubeconfig(kind(cancel).await, name, path, cancel).await
 }
 
 /// Why `kind create cluster` was stopped, and what to try.
@@ -229,28 +229,13 @@ pub async fn delete(
         .args(["delete", "cluster", "--name", name, "--kubeconfig"])
         .arg(dir.join("kubeconfig"))
         .run(cancel)
-        .await
-        .map_err(tool)?;
+        .await?;
     if !out.success {
         return Err(ProviderError::Tool {
             message: format!("kind delete cluster {name} failed:\n{}", out.tail(10)),
         });
     }
     Ok(true)
-}
-
-fn tool(e: ToolError) -> ProviderError {
-    match e {
-        ToolError::Cancelled { .. } => ProviderError::Cancelled,
-        ToolError::NotFound { .. } => ProviderError::Tool {
-            message: format!(
-                "{e}: install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
-            ),
-        },
-        other => ProviderError::Tool {
-            message: other.to_string(),
-        },
-    }
 }
 
 #[cfg(test)]
