@@ -6,8 +6,69 @@ use anstyle::{AnsiColor, Style};
 
 use super::format::{next_block, paint};
 use crate::change::{Change, ChangeKind};
-use crate::session::{State, StatusReport, StepPreview};
+use serde::Serialize;
+
 use crate::steps::Preview;
+
+/// One step's preview, for the renderers and the JSON document.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPreview {
+    pub id: String,
+    pub kind: &'static str,
+    /// How many things a run would change.
+    pub changes: usize,
+    #[serde(flatten)]
+    pub preview: Option<Preview>,
+    /// Why the step could not be compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a step stands, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Converged,
+    /// It exists but differs from the plan.
+    Drifted,
+    /// What it makes does not exist.
+    Missing,
+    /// A check does not pass, or the step could not be compared.
+    Failing,
+    /// Its effect cannot be known without running it (a command, traffic).
+    NotChecked,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStatus {
+    pub id: String,
+    pub kind: &'static str,
+    pub state: State,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::change::Change>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseStatus {
+    pub release: String,
+    pub namespace: String,
+    /// helm's status (`deployed`, `failed`, `pending-upgrade`, ...), or `not installed`.
+    pub status: String,
+    pub chart: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub plan: String,
+    pub cluster: String,
+    pub healthy: bool,
+    pub steps: Vec<StepStatus>,
+    pub releases: Vec<ReleaseStatus>,
+    pub unhealthy: crate::kube::health::Unhealthy,
+    pub next: crate::run::NextSteps,
+}
 
 fn marker(kind: ChangeKind) -> (&'static str, Style) {
     match kind {
@@ -276,7 +337,6 @@ fn first_line(text: &str) -> &str {
 mod tests {
     use super::*;
     use crate::kube::health::Unhealthy;
-    use crate::session::{ReleaseStatus, StepStatus};
     use serde_json::json;
 
     fn steps() -> Vec<StepPreview> {

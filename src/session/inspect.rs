@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch_remote;
@@ -18,11 +17,13 @@ use crate::cli::{
     overrides_of, resolve_plan,
 };
 use crate::kube::Kube;
-use crate::kube::health::{Unhealthy, unhealthy};
+use crate::kube::health::unhealthy;
 use crate::plan::{Action, Plan, Step};
 use crate::provider::{self, Access, Overrides};
-use crate::report::inspect as render;
-use crate::run::{NextSteps, Outcome, StepCtx};
+use crate::report::inspect::{
+    self as render, ReleaseStatus, State, StatusReport, StepPreview, StepStatus,
+};
+use crate::run::{Outcome, StepCtx};
 use crate::steps::Preview;
 
 /// How long `status` gives each check (a wait, an HTTP check) before it calls it failing.
@@ -211,20 +212,6 @@ impl Target {
     }
 }
 
-/// One step's preview, for the renderers and the JSON document.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepPreview {
-    pub id: String,
-    pub kind: &'static str,
-    /// How many things a run would change.
-    pub changes: usize,
-    #[serde(flatten)]
-    pub preview: Option<Preview>,
-    /// Why the step could not be compared.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// `bookinfo-up diff`.
 pub async fn diff(a: InspectArgs) -> i32 {
     let t = match prepare(&a).await {
@@ -276,62 +263,15 @@ pub async fn diff(a: InspectArgs) -> i32 {
     }
 }
 
-/// Where a step stands, for `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    Converged,
-    /// It exists but differs from the plan.
-    Drifted,
-    /// What it makes does not exist.
-    Missing,
-    /// A check does not pass, or the step could not be compared.
-    Failing,
-    /// Its effect cannot be known without running it (a command, traffic).
-    NotChecked,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepStatus {
-    pub id: String,
-    pub kind: &'static str,
-    pub state: State,
-    pub summary: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<crate::change::Change>,
-}
-
-impl StepStatus {
-    fn new(s: &Step, state: State, summary: String) -> Self {
-        Self {
-            id: s.id.clone(),
-            kind: s.kind(),
-            state,
-            summary,
-            changes: Vec::new(),
-        }
+/// A step's status with no changes listed.
+fn step_status(s: &Step, state: State, summary: String) -> StepStatus {
+    StepStatus {
+        id: s.id.clone(),
+        kind: s.kind(),
+        state,
+        summary,
+        changes: Vec::new(),
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReleaseStatus {
-    pub release: String,
-    pub namespace: String,
-    /// helm's status (`deployed`, `failed`, `pending-upgrade`, ...), or `not installed`.
-    pub status: String,
-    pub chart: String,
-    pub version: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub plan: String,
-    pub cluster: String,
-    pub healthy: bool,
-    pub steps: Vec<StepStatus>,
-    pub releases: Vec<ReleaseStatus>,
-    pub unhealthy: Unhealthy,
-    pub next: NextSteps,
 }
 
 /// `bookinfo-up status`.
@@ -347,12 +287,12 @@ pub async fn status(a: InspectArgs) -> i32 {
         statuses.push(match p {
             Ok(Preview::Changes(changes)) => step_state(s, changes),
             Ok(Preview::WouldCheck(_)) => check_once(&t, s).await,
-            Ok(Preview::WouldRun(lines)) => StepStatus::new(
+            Ok(Preview::WouldRun(lines)) => step_status(
                 s,
                 State::NotChecked,
                 format!("not checked: a run would {}", lines.join("; ")),
             ),
-            Err(e) => StepStatus::new(s, State::Failing, format!("could not be compared: {e}")),
+            Err(e) => step_status(s, State::Failing, format!("could not be compared: {e}")),
         });
     }
     let mut releases = Vec::new();
@@ -438,7 +378,7 @@ fn step_state(s: &Step, changes: Vec<crate::change::Change>) -> StepStatus {
     };
     StepStatus {
         changes,
-        ..StepStatus::new(s, state, summary)
+        ..step_status(s, state, summary)
     }
 }
 
@@ -461,5 +401,5 @@ async fn check_once(t: &Target, s: &Step) -> StepStatus {
             (State::Failing, why)
         }
     };
-    StepStatus::new(s, state, summary)
+    step_status(s, state, summary)
 }

@@ -22,7 +22,7 @@ use crate::report::{self, ReportOptions, ReporterKind};
 use crate::run::{Event, Outcome, RunOptions, RunReport, StepReport};
 
 pub use down::down;
-pub use inspect::{ReleaseStatus, State, StatusReport, StepPreview, StepStatus, diff, status};
+pub use inspect::{diff, status};
 pub use up::{next_steps, up};
 
 /// What `up` and `down` share while they run.

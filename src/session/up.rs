@@ -91,8 +91,14 @@ pub async fn up(args: UpArgs) -> i32 {
         if let Some(path) = ledger_path(&plan, &o) {
             kube.ledger = crate::kube::ledger::Ledger::load(&path);
         }
-        let ownership =
-            provider::ownership::ownership(&kube, &provider::ownership::claimant(&plan, &o)).await;
+        // An existing cluster is never marked, so there is nothing to read (and a plan of
+        // exec steps needs no API server at all).
+        let ownership = if access.managed {
+            let claimant = provider::ownership::claimant(&plan, &o);
+            provider::ownership::ownership(&kube, &claimant).await
+        } else {
+            provider::Ownership::Existing
+        };
         let rerun = crate::cli::rerun("bookinfo-up", c.plan.as_deref());
         let intent = provider::Intent::Up { adopt: args.adopt };
         match provider::judge(&ownership, &plan, intent, &rerun) {
