@@ -15,7 +15,6 @@ mod kube_wait;
 mod ownership;
 mod pins;
 mod proxy;
-mod runner_panic;
 mod sim_plan;
 mod standalone;
 mod testbed_smoke;

@@ -37,6 +37,7 @@ pub struct RunOptions {
 }
 
 pub struct Runner {
+    work: Arc<dyn super::StepWork>,
     plan: Arc<Plan>,
     kube: Option<Arc<Kube>>,
     opts: RunOptions,
@@ -52,7 +53,9 @@ enum State {
 }
 
 impl Runner {
+    /// A runner of `plan`'s steps, each attempt done by `work`.
     pub fn new(
+        work: Arc<dyn super::StepWork>,
         plan: Arc<Plan>,
         kube: Option<Arc<Kube>>,
         opts: RunOptions,
@@ -60,6 +63,7 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Self {
         Self {
+            work,
             plan,
             kube,
             opts,
@@ -164,12 +168,14 @@ impl Runner {
                         .with_cluster_logs(self.opts.cluster_logs.clone());
                         let reverse = self.opts.reverse;
                         let cancel = self.cancel.clone();
+                        let work = self.work.clone();
                         let task = tasks.spawn(async move {
                             // A panic is the failure of the step that panicked: caught here,
                             // inside its own task, so that no other step takes the blame.
                             let started = Instant::now();
                             let failed = step.clone();
-                            let run = AssertUnwindSafe(attempt_loop(step, ctx, reverse, cancel));
+                            let run =
+                                AssertUnwindSafe(attempt_loop(work, step, ctx, reverse, cancel));
                             let r = run.catch_unwind().await.unwrap_or_else(|panic| {
                                 report(
                                     &failed,
@@ -249,6 +255,7 @@ fn report(step: &Step, outcome: Outcome, elapsed: Duration, attempts: u32) -> St
 
 /// Runs a step with its timeout and retries, and turns the result into a report.
 async fn attempt_loop(
+    runs: Arc<dyn super::StepWork>,
     step: Step,
     ctx: StepCtx,
     reverse: bool,
@@ -257,13 +264,6 @@ async fn attempt_loop(
     let start = Instant::now();
     let mut delay = step.backoff;
     let mut attempt = 0;
-    // A hook for the test that proves a panic is blamed on its own step: debug builds
-    // only, never in a release.
-    #[cfg(debug_assertions)]
-    if std::env::var_os("BOOKINFO_UP_DEBUG_PANIC_IN_STEP").is_some_and(|v| v == step.id.as_str()) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        panic!("BOOKINFO_UP_DEBUG_PANIC_IN_STEP names step `{}`", step.id);
-    }
     loop {
         attempt += 1;
         let _ = ctx.events().send(Event::StepStarted {
@@ -273,15 +273,15 @@ async fn attempt_loop(
         });
         let work = async {
             if reverse {
-                crate::steps::teardown(&step, &ctx).await
+                runs.teardown(&step, &ctx).await
             } else {
-                crate::steps::run(&step, &ctx).await
+                runs.run(&step, &ctx).await
             }
         };
         let result = tokio::select! {
             r = tokio::time::timeout(step.timeout, work) => match r {
                 Ok(r) => r,
-                Err(_) => Err(timed_out(&step, &ctx).await),
+                Err(_) => Err(timed_out(runs.as_ref(), &step, &ctx).await),
             },
             _ = ctx.cancel.cancelled() => {
                 let reason = if run_cancel.is_cancelled() { SkipReason::CancelledWhileRunning } else { SkipReason::StoppedByFailFast };
@@ -326,12 +326,12 @@ async fn attempt_loop(
 }
 
 /// The error of a step that ran out of time; waits explain what is not ready.
-async fn timed_out(step: &Step, ctx: &StepCtx) -> StepError {
+async fn timed_out(runs: &dyn super::StepWork, step: &Step, ctx: &StepCtx) -> StepError {
     let limit = humantime::format_duration(step.timeout);
     let mut message = format!("step `{}` timed out after {limit}", step.id);
     if let Ok(kube) = ctx.kube()
         && let Ok(Some(why)) =
-            tokio::time::timeout(Duration::from_secs(10), step.explain_timeout(kube)).await
+            tokio::time::timeout(Duration::from_secs(10), runs.explain_timeout(step, kube)).await
     {
         message.push_str(":\n");
         message.push_str(&why);
@@ -384,5 +384,111 @@ pub fn finish(
         warnings: Vec::new(),
         errors: Vec::new(),
         next_steps: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StepResult;
+    use crate::run::StepWork;
+    use futures::future::BoxFuture;
+
+    /// Steps that take a while, one of which (`boom`) panics meanwhile.
+    struct Boom;
+
+    impl StepWork for Boom {
+        fn run<'a>(&'a self, step: &'a Step, _: &'a StepCtx) -> BoxFuture<'a, StepResult<Outcome>> {
+            Box::pin(async move {
+                if step.id == "boom" {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    panic!("`boom` panics on purpose");
+                }
+                let ms = if step.id == "slow" { 400 } else { 200 };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Outcome::Changed {
+                    summary: "done".into(),
+                })
+            })
+        }
+
+        fn teardown<'a>(
+            &'a self,
+            step: &'a Step,
+            ctx: &'a StepCtx,
+        ) -> BoxFuture<'a, StepResult<Outcome>> {
+            self.run(step, ctx)
+        }
+
+        fn explain_timeout<'a>(
+            &'a self,
+            _: &'a Step,
+            _: &'a Kube,
+        ) -> BoxFuture<'a, Option<String>> {
+            Box::pin(async { None })
+        }
+    }
+
+    /// A panic in a step is that step's failure: with other steps running, the step that
+    /// panicked is the one reported failed, with the panic's message; its dependent is
+    /// skipped; the others finish.
+    #[tokio::test]
+    async fn a_panic_is_reported_as_its_own_steps_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kubeconfig"), "").unwrap();
+        let path = dir.path().join("plan.toml");
+        let exec = "[step.exec]\ncommand = [\"true\"]\n";
+        std::fs::write(
+            &path,
+            format!(
+                "[plan]\nname = \"panic\"\n[cluster]\nprovider = \"existing\"\n\
+                 [cluster.existing]\nkubeconfig = \"kubeconfig\"\n\
+                 [[step]]\nid = \"first\"\n{exec}[[step]]\nid = \"boom\"\n{exec}\
+                 [[step]]\nid = \"slow\"\n{exec}[[step]]\nid = \"after\"\nneeds = [\"boom\"]\n{exec}"
+            ),
+        )
+        .unwrap();
+        let (_, plan) = crate::plan::load(&path, &|_| None);
+        let plan = Arc::new(plan.unwrap_or_else(|_| panic!("the test plan loads")));
+        let opts = RunOptions {
+            jobs: 4,
+            fail_fast: false,
+            only: BTreeSet::new(),
+            skip: BTreeSet::new(),
+            cache_dir: dir.path().join("cache"),
+            artifacts: dir.path().join("artifacts"),
+            cluster_logs: Vec::new(),
+            reverse: false,
+        };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let runner = Runner::new(
+            Arc::new(Boom),
+            plan,
+            None,
+            opts,
+            tx,
+            CancellationToken::new(),
+        );
+        let reports = runner.run().await;
+        let outcomes: Vec<(&str, &str)> = reports
+            .iter()
+            .map(|r| (r.id.as_str(), r.outcome.label()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("first", "changed"),
+                ("boom", "failed"),
+                ("slow", "changed"),
+                ("after", "skipped")
+            ]
+        );
+        let Outcome::Failed { cause } = &reports[1].outcome else {
+            unreachable!()
+        };
+        assert_eq!(
+            cause,
+            "the step panicked (a bug in bookinfo-up): `boom` panics on purpose"
+        );
     }
 }

@@ -160,7 +160,14 @@ pub async fn down(args: DownArgs) -> i32 {
         Ok(Teardown::Done(steps)) => steps,
         Ok(Teardown::Run(plan, kube, _lock)) => {
             let options = run_options(c, &o, &plan, &[], &[], true);
-            let runner = Runner::new(plan, Some(kube), options, tx.clone(), cancel.clone());
+            let runner = Runner::new(
+                Arc::new(crate::steps::Steps),
+                plan,
+                Some(kube),
+                options,
+                tx.clone(),
+                cancel.clone(),
+            );
             runner.run().await
         }
         Err(failure) => {

@@ -158,6 +158,7 @@ pub async fn up(args: UpArgs) -> i32 {
             let plan = Arc::new(plan.clone());
             let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
             let runner = Runner::new(
+                Arc::new(crate::steps::Steps),
                 plan.clone(),
                 Some(kube.clone()),
                 options,

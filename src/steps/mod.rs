@@ -129,6 +129,35 @@ impl Step {
     }
 }
 
+/// The step kinds, as the runner runs them (`run::StepWork`).
+pub struct Steps;
+
+impl crate::run::StepWork for Steps {
+    fn run<'a>(
+        &'a self,
+        step: &'a Step,
+        ctx: &'a StepCtx,
+    ) -> futures::future::BoxFuture<'a, StepResult<Outcome>> {
+        Box::pin(run(step, ctx))
+    }
+
+    fn teardown<'a>(
+        &'a self,
+        step: &'a Step,
+        ctx: &'a StepCtx,
+    ) -> futures::future::BoxFuture<'a, StepResult<Outcome>> {
+        Box::pin(teardown(step, ctx))
+    }
+
+    fn explain_timeout<'a>(
+        &'a self,
+        step: &'a Step,
+        kube: &'a crate::kube::Kube,
+    ) -> futures::future::BoxFuture<'a, Option<String>> {
+        Box::pin(step.explain_timeout(kube))
+    }
+}
+
 /// Runs one attempt of a step. Returns `Changed` or `Unchanged`; failures are errors.
 pub async fn run(step: &Step, ctx: &StepCtx) -> StepResult<Outcome> {
     match &step.action {
