@@ -9,19 +9,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::embedded;
-use crate::plan::Plan;
-use crate::provider::{self, Overrides};
+use crate::invocation::{
+    DownOptions, Invocation, OutputSettings, PlanArgs, RunSettings, UpOptions,
+};
 
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_CANCELLED: i32 = 130;
-/// `diff` and `status`, as `kubectl diff`: 1 differences (or, for `status`, anything not
-/// converged and healthy), 2 plan or usage error, 3 or more the comparison could not be made.
-pub const EXIT_DIFFERENT: i32 = 1;
-/// The cluster does not exist, does not answer, or belongs to another plan.
-pub const EXIT_CLUSTER: i32 = 3;
-/// A step could not be compared (an API error, helm, a remote manifest).
-pub const EXIT_INCOMPLETE: i32 = 4;
+pub use crate::invocation::{
+    EXIT_CANCELLED, EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_USAGE,
+};
+pub use crate::report::{ColorChoice, LogFormat};
 
 const UP_EXAMPLES: &str = "\
 Examples:
@@ -44,12 +39,6 @@ Examples:
   bookinfo-down --keep-cluster bookinfo      undo the plan's steps, keep the cluster
   bookinfo-down --force bookinfo             delete a cluster that carries no owner marker
   bookinfo-down --context prod-eu bookinfo   remove only what the plan created there";
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -154,8 +143,6 @@ pub struct InspectArgs {
     pub color: ColorChoice,
 }
 
-pub use crate::report::ColorChoice;
-
 const DIFF_HELP: &str = "\
 Shows what `bookinfo-up PLAN` would change on the running cluster, without changing it: a
 unified diff per object (server-side dry run against the live object; status and managed
@@ -229,6 +216,59 @@ pub struct DownArgs {
     pub force: bool,
 }
 
+impl Common {
+    fn plan_args(&self) -> PlanArgs {
+        PlanArgs {
+            plan: self.plan.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            ..PlanArgs::default()
+        }
+    }
+
+    fn run(&self) -> RunSettings {
+        RunSettings {
+            dry_run: self.dry_run,
+            jobs: self.jobs as usize,
+            fail_fast: self.fail_fast,
+            artifacts: self.artifacts.clone(),
+        }
+    }
+
+    fn output(&self) -> OutputSettings {
+        OutputSettings {
+            log_format: self.log_format,
+            json: self.output.is_some(),
+            junit: self.junit.clone(),
+            verbose: self.verbose,
+            quiet: self.quiet,
+            color: ColorChoice::Auto,
+        }
+    }
+}
+
+impl InspectArgs {
+    fn invocation(&self) -> Result<Invocation, i32> {
+        let plan = PlanArgs {
+            plan: self.plan.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            only: self.only.clone(),
+            skip: self.skip.clone(),
+        };
+        let run = RunSettings {
+            jobs: self.jobs as usize,
+            ..RunSettings::default()
+        };
+        let output = OutputSettings {
+            json: self.output.is_some(),
+            color: self.color,
+            ..OutputSettings::default()
+        };
+        Invocation::new(plan, run, output)
+    }
+}
+
 /// Entry point of `bookinfo-up`; returns the exit code.
 pub fn up_main() -> i32 {
     let args = UpArgs::parse();
@@ -239,9 +279,29 @@ pub fn up_main() -> i32 {
             0
         }
         Some(UpCommand::Init { dir, force }) => init(&dir, force),
-        Some(UpCommand::Diff(a)) => block_on(crate::session::diff(a)),
-        Some(UpCommand::Status(a)) => block_on(crate::session::status(a)),
-        None => block_on(crate::session::up(args)),
+        Some(UpCommand::Diff(a)) => match a.invocation() {
+            Ok(inv) => block_on(crate::session::diff(inv)),
+            Err(code) => code,
+        },
+        Some(UpCommand::Status(a)) => match a.invocation() {
+            Ok(inv) => block_on(crate::session::status(inv)),
+            Err(code) => code,
+        },
+        None => {
+            let options = UpOptions {
+                export_kubeconfig: args.export_kubeconfig.clone(),
+                adopt: args.adopt,
+            };
+            let plan = PlanArgs {
+                only: args.only.clone(),
+                skip: args.skip.clone(),
+                ..args.common.plan_args()
+            };
+            match Invocation::new(plan, args.common.run(), args.common.output()) {
+                Ok(inv) => block_on(crate::session::up(inv, options)),
+                Err(code) => code,
+            }
+        }
     }
 }
 
@@ -282,7 +342,16 @@ fn init(dir: &Path, force: bool) -> i32 {
 /// Entry point of `bookinfo-down`; returns the exit code.
 pub fn down_main() -> i32 {
     let args = DownArgs::parse();
-    block_on(crate::session::down(args))
+    let options = DownOptions {
+        keep_cluster: args.keep_cluster,
+        force: args.force,
+    };
+    let c = &args.common;
+    match Invocation::for_down(c.plan_args(), c.run(), c.output()) {
+        Ok(Some(inv)) => block_on(crate::session::down(inv, options)),
+        Ok(None) => 0,
+        Err(code) => code,
+    }
 }
 
 /// Runs a command to its exit code. The exit does not wait on a blocking task that is still
@@ -295,103 +364,4 @@ fn block_on(command: impl std::future::Future<Output = i32>) -> i32 {
     let code = runtime.block_on(command);
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
-}
-
-/// The plan a command runs: a file, or a built-in plan written out of the binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanSource {
-    pub path: PathBuf,
-    /// The built-in plan's name, when it is one.
-    pub builtin: Option<&'static str>,
-}
-
-/// What PLAN means: a built-in plan when it is a bare name (no `/`, no `.toml`), a file
-/// otherwise. Built-in plans are written to the user's data folder first (`embedded`), so
-/// that messages about them point at real files.
-pub fn resolve_plan(arg: Option<&Path>) -> Result<PlanSource, String> {
-    let name = match arg {
-        None => embedded::DEFAULT_PLAN,
-        Some(p) => {
-            let text = p.to_string_lossy();
-            if text.contains('/') || p.extension().is_some_and(|e| e == "toml") {
-                return Ok(PlanSource {
-                    path: p.to_path_buf(),
-                    builtin: None,
-                });
-            }
-            let names: Vec<&str> = embedded::PLANS.iter().map(|(n, _)| *n).collect();
-            match names.iter().copied().find(|n| *n == text) {
-                Some(n) => n,
-                None => {
-                    let hint = crate::diag::did_you_mean(&text, names.iter().copied())
-                        .map(|s| format!("did you mean `{s}`? "))
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "error: `{text}` is neither a plan file nor a built-in plan\n  = help: {hint}built-in plans: {}; a plan file is a path (`./{text}`) or ends in `.toml`",
-                        names.join(", ")
-                    ));
-                }
-            }
-        }
-    };
-    let file = embedded::plan_file(name).expect("a built-in plan has a file");
-    let dir = embedded::default_dir();
-    let root = embedded::materialize(&dir).map_err(|e| {
-        format!(
-            "error: cannot write the built-in plans to `{}`: {e}\n  = help: set XDG_DATA_HOME to a writable folder, or run a plan file",
-            dir.display()
-        )
-    })?;
-    Ok(PlanSource {
-        path: root.join(file),
-        builtin: Some(name),
-    })
-}
-
-/// Reads and analyzes the plan; prints every problem and returns `None` when there are any.
-pub fn load_plan(path: &std::path::Path) -> Option<Plan> {
-    let (sources, result) = crate::plan::load(path, &|name| std::env::var(name).ok());
-    match result {
-        Ok(plan) => Some(plan),
-        Err(diags) => {
-            eprint!("{}", diags.render(&sources));
-            None
-        }
-    }
-}
-
-pub(crate) fn overrides(c: &Common) -> Overrides {
-    overrides_of(c.kubeconfig.clone(), c.context.clone())
-}
-
-pub(crate) fn overrides_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Overrides {
-    Overrides {
-        kubeconfig,
-        context,
-        state_dir: provider::default_state_dir(),
-    }
-}
-
-/// The command line to suggest again, with the plan as the user named it.
-pub(crate) fn rerun(command: &str, plan: Option<&Path>) -> String {
-    match plan {
-        Some(p) => format!("{command} {}", p.display()),
-        None => command.to_string(),
-    }
-}
-
-/// Checks `--only`/`--skip` ids against the plan.
-pub(crate) fn check_ids(plan: &Plan, only: &[String], skip: &[String]) -> Result<(), String> {
-    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
-    for (flag, list) in [("--only", only), ("--skip", skip)] {
-        for id in list {
-            if !ids.contains(&id.as_str()) {
-                let hint = crate::diag::did_you_mean(id, ids.iter().copied())
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_else(|| format!("; steps are: {}", ids.join(", ")));
-                return Err(format!("error: {flag} names unknown step `{id}`{hint}"));
-            }
-        }
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod diag;
 pub mod embedded;
 pub mod error;
+pub mod invocation;
 pub mod kube;
 pub mod merge;
 pub mod plan;

@@ -12,10 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fetch_remote;
 use crate::change::ChangeKind;
-use crate::cli::{
-    EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_INCOMPLETE, EXIT_USAGE, InspectArgs, check_ids, load_plan,
-    overrides_of, resolve_plan,
-};
+use crate::invocation::{EXIT_CLUSTER, EXIT_DIFFERENT, EXIT_INCOMPLETE, Invocation};
 use crate::kube::Kube;
 use crate::kube::health::unhealthy;
 use crate::plan::{Action, Plan, Step};
@@ -38,26 +35,17 @@ struct Target {
     color: bool,
 }
 
-/// Resolves the plan, finds its cluster without creating it, connects read-only, fetches
+/// Finds the plan's cluster without creating it, connects read-only, fetches
 /// the remote manifests. `Err` is the exit code, its message printed.
-async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
+async fn prepare(inv: &Invocation) -> Result<Target, i32> {
     // Warnings to stderr; BOOKINFO_UP_LOG asks for more (`kube_client=debug`: each request).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(super::log_filter("warn"))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-    let source = resolve_plan(a.plan.as_deref()).map_err(|e| {
-        eprintln!("{e}");
-        EXIT_USAGE
-    })?;
-    let mut plan = load_plan(&source.path).ok_or(EXIT_USAGE)?;
-    check_ids(&plan, &a.only, &a.skip).map_err(|e| {
-        eprintln!("{e}");
-        EXIT_USAGE
-    })?;
-    tracing::debug!("plan loaded");
-    let o = overrides_of(a.kubeconfig.clone(), a.context.clone());
+    let mut plan = inv.plan.clone();
+    let o = inv.target.clone();
     let cancel = CancellationToken::new();
     let managed = provider::managed(&plan, &o);
     let cluster = plan.cluster.name.clone();
@@ -66,9 +54,9 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
             Ok(true) => {}
             Ok(false) => {
                 eprintln!(
-                    "error: {} cluster `{cluster}` does not exist: there is nothing to compare with\n  = help: `bookinfo-up {}` creates it; `--context` or `--kubeconfig` look at another cluster",
+                    "error: {} cluster `{cluster}` does not exist: there is nothing to compare with\n  = help: `{}` creates it; `--context` or `--kubeconfig` look at another cluster",
                     plan.cluster.provider_name(),
-                    plan_arg(a)
+                    inv.rerun("bookinfo-up")
                 );
                 return Err(EXIT_CLUSTER);
             }
@@ -95,7 +83,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     tracing::debug!("client ready");
     // Steps left out are not looked at: their remote manifests are not fetched either.
     for step in &mut plan.steps {
-        if !selected(a, &step.id)
+        if !inv.selected(&step.id)
             && let Action::Apply(apply) = &mut step.action
         {
             apply.urls.clear();
@@ -124,7 +112,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
         }
     };
     tracing::debug!("owner, discovery and remote manifests read");
-    let rerun = format!("bookinfo-up {}", plan_arg(a));
+    let rerun = inv.rerun("bookinfo-up");
     if let Err(e) = provider::judge(&ownership, &plan, provider::Intent::Inspect, &rerun) {
         eprintln!("error: {e}");
         return Err(EXIT_CLUSTER);
@@ -135,7 +123,7 @@ async fn prepare(a: &InspectArgs) -> Result<Target, i32> {
     })?;
     let color = {
         use std::io::IsTerminal as _;
-        crate::report::use_color(a.color, std::io::stdout().is_terminal())
+        crate::report::use_color(inv.output.color, std::io::stdout().is_terminal())
     };
     Ok(Target {
         plan,
@@ -161,26 +149,13 @@ fn plan_kinds(plan: &Plan) -> Vec<kube::core::GroupVersionKind> {
     out
 }
 
-/// Whether `--only`/`--skip` select the step.
-fn selected(a: &InspectArgs, id: &str) -> bool {
-    (a.only.is_empty() || a.only.iter().any(|o| o == id)) && !a.skip.iter().any(|s| s == id)
-}
-
-/// The plan as the user named it, for help lines.
-fn plan_arg(a: &InspectArgs) -> String {
-    a.plan
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
 impl Target {
     /// The steps `--only`/`--skip` select, in plan order.
-    fn steps<'a>(&'a self, a: &InspectArgs) -> Vec<&'a Step> {
+    fn steps<'a>(&'a self, inv: &Invocation) -> Vec<&'a Step> {
         self.plan
             .steps
             .iter()
-            .filter(|s| selected(a, &s.id))
+            .filter(|s| inv.selected(&s.id))
             .collect()
     }
 
@@ -213,13 +188,13 @@ impl Target {
 }
 
 /// `bookinfo-up diff`.
-pub async fn diff(a: InspectArgs) -> i32 {
-    let t = match prepare(&a).await {
+pub async fn diff(inv: Invocation) -> i32 {
+    let t = match prepare(&inv).await {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let steps = t.steps(&a);
-    let previews = t.previews(&steps, a.jobs as usize).await;
+    let steps = t.steps(&inv);
+    let previews = t.previews(&steps, inv.run.jobs).await;
     tracing::debug!("steps compared");
     let items: Vec<StepPreview> = steps
         .iter()
@@ -243,7 +218,7 @@ pub async fn diff(a: InspectArgs) -> i32 {
         .collect();
     let changes: usize = items.iter().map(|i| i.changes).sum();
     let failed = items.iter().filter(|i| i.error.is_some()).count();
-    if a.output.is_some() {
+    if inv.output.json {
         let doc = serde_json::json!({
             "plan": t.plan.name,
             "cluster": t.plan.cluster.name,
@@ -275,13 +250,13 @@ fn step_status(s: &Step, state: State, summary: String) -> StepStatus {
 }
 
 /// `bookinfo-up status`.
-pub async fn status(a: InspectArgs) -> i32 {
-    let t = match prepare(&a).await {
+pub async fn status(inv: Invocation) -> i32 {
+    let t = match prepare(&inv).await {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let steps = t.steps(&a);
-    let previews = t.previews(&steps, a.jobs as usize).await;
+    let steps = t.steps(&inv);
+    let previews = t.previews(&steps, inv.run.jobs).await;
     let mut statuses = Vec::new();
     for (s, p) in steps.iter().zip(previews) {
         statuses.push(match p {
@@ -342,7 +317,7 @@ pub async fn status(a: InspectArgs) -> i32 {
         unhealthy,
         next: super::next_steps(&t.plan, &t.access),
     };
-    if a.output.is_some() {
+    if inv.output.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()

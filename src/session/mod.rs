@@ -7,7 +7,6 @@ mod down;
 mod inspect;
 mod up;
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Common, EXIT_CANCELLED, EXIT_FAILED, LogFormat};
+use crate::invocation::{EXIT_CANCELLED, EXIT_FAILED, Invocation, OutputSettings};
 use crate::plan::{Action, Plan};
 use crate::provider::{self, Overrides};
 use crate::report::{self, ReportOptions, ReporterKind};
@@ -35,7 +34,7 @@ pub struct Session {
 
 impl Session {
     /// Tracing, the reporter, the signal handler; announces the run of `plan`.
-    pub fn start(c: &Common, plan: &Plan) -> Self {
+    pub fn start(c: &OutputSettings, plan: &Plan) -> Self {
         let (opts, tty) = report_options(c);
         init_tracing(c, tty);
         let cancel = CancellationToken::new();
@@ -128,27 +127,21 @@ pub(crate) fn phase_failure(id: &str, message: String) -> StepReport {
     }
 }
 
-pub(crate) fn run_options(
-    c: &Common,
-    o: &Overrides,
-    plan: &Plan,
-    only: &[String],
-    skip: &[String],
-    reverse: bool,
-) -> RunOptions {
+pub(crate) fn run_options(inv: &Invocation, plan: &Plan, reverse: bool) -> RunOptions {
     RunOptions {
-        jobs: c.jobs as usize,
-        fail_fast: c.fail_fast,
-        only: only.iter().cloned().collect::<BTreeSet<_>>(),
-        skip: skip.iter().cloned().collect::<BTreeSet<_>>(),
+        jobs: inv.run.jobs,
+        fail_fast: inv.run.fail_fast,
+        only: inv.only.clone(),
+        skip: inv.skip.clone(),
         cache_dir: std::env::var_os("BOOKINFO_UP_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(default_cache_dir),
-        artifacts: c
+        artifacts: inv
+            .run
             .artifacts
             .clone()
-            .unwrap_or_else(|| o.state_dir.join("artifacts")),
-        cluster_logs: provider::cluster_logs(plan, o),
+            .unwrap_or_else(|| inv.target.state_dir.join("artifacts")),
+        cluster_logs: provider::cluster_logs(plan, &inv.target),
         reverse,
     }
 }
@@ -205,7 +198,7 @@ pub(crate) fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
         .add_directive("rustls=info".parse().expect("a valid directive"))
 }
 
-fn init_tracing(c: &Common, tty: bool) {
+fn init_tracing(c: &OutputSettings, tty: bool) {
     // Our own crate gets the verbosity asked for; libraries stay at info so that even -vv
     // never logs request headers (tokens) or TLS material.
     let ours = match (c.quiet, c.verbose, tty) {
@@ -221,23 +214,23 @@ fn init_tracing(c: &Common, tty: bool) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match c.log_format {
-        Some(LogFormat::Json) => builder.json().try_init(),
+        Some(report::LogFormat::Json) => builder.json().try_init(),
         _ => builder.with_ansi(color_enabled()).try_init(),
     };
 }
 
-fn report_options(c: &Common) -> (ReportOptions, bool) {
+fn report_options(c: &OutputSettings) -> (ReportOptions, bool) {
     let tty = c.log_format.is_none() && std::io::stderr().is_terminal();
     let opts = ReportOptions {
         kind: match (c.log_format, tty) {
-            (Some(LogFormat::Json), _) => ReporterKind::Json,
+            (Some(report::LogFormat::Json), _) => ReporterKind::Json,
             (_, true) => ReporterKind::Tty,
             _ => ReporterKind::Plain,
         },
         quiet: c.quiet,
         verbose: c.verbose,
         color: color_enabled(),
-        output_json: c.output.is_some(),
+        output_json: c.json,
         junit: c.junit.clone(),
     };
     (opts, tty)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{CANCELLED, Session, fetch_remote, run_options, unless_cancelled};
-use crate::cli::{EXIT_USAGE, UpArgs, check_ids, load_plan, overrides, resolve_plan};
+use crate::invocation::{Invocation, UpOptions};
 use crate::kube::Kube;
 use crate::plan::Plan;
 use crate::provider::{self, Access, Findings, PlanRecord, Severity};
@@ -17,164 +17,34 @@ fn phase_failure(id: &str, message: String) -> Box<crate::run::StepReport> {
 }
 
 /// Runs `bookinfo-up` to its exit code.
-pub async fn up(args: UpArgs) -> i32 {
-    let c = &args.common;
-    let source = match resolve_plan(c.plan.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_USAGE;
-        }
-    };
-    let Some(mut plan) = load_plan(&source.path) else {
-        return EXIT_USAGE;
-    };
-    if let Err(e) = check_ids(&plan, &args.only, &args.skip) {
-        eprintln!("{e}");
-        return EXIT_USAGE;
-    }
-    if c.dry_run {
-        if let Some(name) = source.builtin {
+pub async fn up(inv: Invocation, options: UpOptions) -> i32 {
+    if inv.run.dry_run {
+        if let Some(name) = inv.source.builtin {
             println!(
                 "built-in plan `{name}`, written to {}",
-                source.path.display()
+                inv.source.path.display()
             );
         }
-        print!("{}", report::dry_run(&plan));
+        print!("{}", report::dry_run(&inv.plan));
         return 0;
     }
-    let o = overrides(c);
-    let session = Session::start(c, &plan);
-    let cancel = session.cancel.clone();
+    let session = Session::start(&inv.output, &inv.plan);
     let tx = session.events();
-    let phase = |name: &str, message: String| session.phase(name, message);
-
     // Preflight's findings, for the final report; filled before anything else can fail.
     let findings = std::sync::Mutex::new(Findings::default());
-    let setup = async {
-        // One run at a time on a cluster the engine manages: a second one waits here, and
-        // says so, until the first has finished.
-        let lock = provider::lock(&plan, &o, "up", &|m| phase("cluster", m), &cancel)
-            .await
-            .map_err(|e| phase_failure("cluster", e.to_string()))?;
-        phase(
-            "preflight",
-            "checking tools and the cluster's preconditions".into(),
-        );
-        let found = provider::preflight(&plan, &o, &cancel).await;
-        // Warnings are shown as they are found; errors end the phase as its failure, each
-        // with its fix, so that they are shown once.
-        for problem in &found.warnings {
-            let _ = tx.send(Event::Problem {
-                severity: Severity::Warning,
-                problem: problem.clone(),
-            });
-        }
-        let failed = (!found.errors.is_empty())
-            .then(|| phase_failure("preflight", report::preflight_failure(&found.errors)));
-        *findings.lock().unwrap_or_else(|e| e.into_inner()) = found;
-        if let Some(failure) = failed {
-            return Err(failure);
-        }
-        // Remote manifests are fetched and checked against their pins before any cluster is
-        // created or touched: a tampered file stops the run with nothing changed.
-        fetch_remote(&mut plan, &o, &|m| phase("fetch", m))
-            .await
-            .map_err(|e| phase_failure("fetch", e))?;
-        let progress = |m: String| phase("cluster", m);
-        let access = provider::ensure(&plan, &o, &progress, &cancel)
-            .await
-            .map_err(|e| phase_failure("cluster", e.to_string()))?;
-        let mut kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
-            .await
-            .map_err(|e| phase_failure("cluster", e.chain()))?;
-        if let Some(path) = ledger_path(&plan, &o) {
-            kube.ledger = crate::kube::ledger::Ledger::load(&path);
-        }
-        // An existing cluster is never marked, so there is nothing to read (and a plan of
-        // exec steps needs no API server at all).
-        let ownership = if access.managed {
-            let claimant = provider::ownership::claimant(&plan, &o);
-            provider::ownership::ownership(&kube, &claimant).await
-        } else {
-            provider::Ownership::Existing
-        };
-        let rerun = crate::cli::rerun("bookinfo-up", c.plan.as_deref());
-        let intent = provider::Intent::Up { adopt: args.adopt };
-        match provider::judge(&ownership, &plan, intent, &rerun) {
-            Ok(provider::Verdict::Proceed) => {}
-            Ok(provider::Verdict::Mark) => {
-                if ownership == provider::Ownership::Unmarked {
-                    phase(
-                        "cluster",
-                        format!("adopting cluster `{}` (--adopt)", plan.cluster.name),
-                    );
-                }
-                provider::mark_owner(&kube, &plan.name, &provider::cluster_dir(&plan, &o))
-                    .await
-                    .map_err(|e| phase_failure("cluster", e.to_string()))?;
-            }
-            Err(e) => return Err(phase_failure("cluster", e.to_string())),
-        }
-        // Which plan made the cluster, for `bookinfo-down` without a PLAN; written once the
-        // cluster is known to be this plan's.
-        if access.managed {
-            let record = PlanRecord {
-                plan: plan.name.clone(),
-                path: plan.path.clone(),
-                builtin: source.builtin.map(str::to_string),
-            };
-            let dir = provider::cluster_dir(&plan, &o);
-            provider::record_plan(&dir, &record).map_err(|e| {
-                phase_failure(
-                    "cluster",
-                    format!("cannot write the state folder `{}`: {e}", dir.display()),
-                )
-            })?;
-        }
-        if let Some(target) = &args.export_kubeconfig {
-            provider::export_kubeconfig(&access, target).map_err(|e| {
-                phase_failure(
-                    "cluster",
-                    format!("cannot write `{}`: {e}", target.display()),
-                )
-            })?;
-            phase(
-                "cluster",
-                format!("kubeconfig copied to {}", target.display()),
-            );
-        }
-        Ok((Arc::new(kube), access, lock))
-    };
-    let result = unless_cancelled(&cancel, setup)
-        .await
-        .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
+    let mut plan = inv.plan.clone();
+    let result = unless_cancelled(
+        &session.cancel,
+        prepare(&inv, &options, &mut plan, &session, &findings),
+    )
+    .await
+    .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
     let access = result.as_ref().ok().map(|(_, a, _)| a.clone());
     let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
 
     let steps = match result {
         // The lock is held until the runner is done.
-        Ok((kube, _, _lock)) => {
-            let plan = Arc::new(plan.clone());
-            let options = run_options(c, &o, &plan, &args.only, &args.skip, false);
-            let runner = Runner::new(
-                Arc::new(crate::steps::Steps),
-                plan.clone(),
-                Some(kube.clone()),
-                options,
-                tx.clone(),
-                cancel.clone(),
-            );
-            let steps = runner.run().await;
-            // What this run saw converged, for `diff` and `status`; losing it only costs them
-            // time (they dry-run what it does not vouch for).
-            if let Some(path) = ledger_path(&plan, &o)
-                && let Err(e) = kube.ledger.save(&path)
-            {
-                tracing::debug!(error = %e, "cannot save the ledger of applied objects");
-            }
-            steps
-        }
+        Ok((kube, _, _lock)) => run_steps(&inv, plan.clone(), kube, &session).await,
         Err(failure) => {
             let _ = tx.send(Event::StepFinished((*failure).clone()));
             vec![*failure]
@@ -188,6 +58,164 @@ pub async fn up(args: UpArgs) -> i32 {
     }
     drop(tx);
     session.finish(report).await
+}
+
+/// What comes before the runner is ready.
+type Prepared = (Arc<Kube>, Access, Option<provider::ClusterLock>);
+
+/// Everything before the steps: the cluster's lock, preflight, the remote manifests (into
+/// `plan`), the cluster made or found, its ownership judged and marked, the plan record and
+/// an exported kubeconfig.
+async fn prepare(
+    inv: &Invocation,
+    options: &UpOptions,
+    plan: &mut Plan,
+    session: &Session,
+    findings: &std::sync::Mutex<Findings>,
+) -> Result<Prepared, Box<crate::run::StepReport>> {
+    let o = &inv.target;
+    let cancel = &session.cancel;
+    let phase = |name: &str, message: String| session.phase(name, message);
+    // One run at a time on a cluster the engine manages: a second one waits here, and says
+    // so, until the first has finished.
+    let lock = provider::lock(plan, o, "up", &|m| phase("cluster", m), cancel)
+        .await
+        .map_err(|e| phase_failure("cluster", e.to_string()))?;
+    preflight(plan, o, session, findings).await?;
+    // Remote manifests are fetched and checked against their pins before any cluster is
+    // created or touched: a tampered file stops the run with nothing changed.
+    fetch_remote(plan, o, &|m| phase("fetch", m))
+        .await
+        .map_err(|e| phase_failure("fetch", e))?;
+    let progress = |m: String| phase("cluster", m);
+    let access = provider::ensure(plan, o, &progress, cancel)
+        .await
+        .map_err(|e| phase_failure("cluster", e.to_string()))?;
+    let mut kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
+        .await
+        .map_err(|e| phase_failure("cluster", e.chain()))?;
+    if let Some(path) = ledger_path(plan, o) {
+        kube.ledger = crate::kube::ledger::Ledger::load(&path);
+    }
+    claim(inv, options, plan, &access, &kube, session).await?;
+    if let Some(target) = &options.export_kubeconfig {
+        provider::export_kubeconfig(&access, target).map_err(|e| {
+            phase_failure(
+                "cluster",
+                format!("cannot write `{}`: {e}", target.display()),
+            )
+        })?;
+        phase(
+            "cluster",
+            format!("kubeconfig copied to {}", target.display()),
+        );
+    }
+    Ok((Arc::new(kube), access, lock))
+}
+
+/// Preflight: warnings sent as they are found; errors end the phase as its failure, each with
+/// its fix, so that they are shown once.
+async fn preflight(
+    plan: &Plan,
+    o: &provider::Overrides,
+    session: &Session,
+    findings: &std::sync::Mutex<Findings>,
+) -> Result<(), Box<crate::run::StepReport>> {
+    session.phase(
+        "preflight",
+        "checking tools and the cluster's preconditions".into(),
+    );
+    let found = provider::preflight(plan, o, &session.cancel).await;
+    let tx = session.events();
+    for problem in &found.warnings {
+        let _ = tx.send(Event::Problem {
+            severity: Severity::Warning,
+            problem: problem.clone(),
+        });
+    }
+    let failed = (!found.errors.is_empty())
+        .then(|| phase_failure("preflight", report::preflight_failure(&found.errors)));
+    *findings.lock().unwrap_or_else(|e| e.into_inner()) = found;
+    failed.map_or(Ok(()), Err)
+}
+
+/// The cluster proven this plan's (`ownership::judge`), marked when it should be, and the
+/// record of which plan made it, for `bookinfo-down` without a PLAN (written once the cluster
+/// is known to be this plan's).
+async fn claim(
+    inv: &Invocation,
+    options: &UpOptions,
+    plan: &Plan,
+    access: &Access,
+    kube: &Kube,
+    session: &Session,
+) -> Result<(), Box<crate::run::StepReport>> {
+    let o = &inv.target;
+    // An existing cluster is never marked, so there is nothing to read (and a plan of exec
+    // steps needs no API server at all).
+    if !access.managed {
+        return Ok(());
+    }
+    let ownership =
+        provider::ownership::ownership(kube, &provider::ownership::claimant(plan, o)).await;
+    let intent = provider::Intent::Up {
+        adopt: options.adopt,
+    };
+    match provider::judge(&ownership, plan, intent, &inv.rerun("bookinfo-up")) {
+        Ok(provider::Verdict::Proceed) => {}
+        Ok(provider::Verdict::Mark) => {
+            if ownership == provider::Ownership::Unmarked {
+                session.phase(
+                    "cluster",
+                    format!("adopting cluster `{}` (--adopt)", plan.cluster.name),
+                );
+            }
+            provider::mark_owner(kube, &plan.name, &provider::cluster_dir(plan, o))
+                .await
+                .map_err(|e| phase_failure("cluster", e.to_string()))?;
+        }
+        Err(e) => return Err(phase_failure("cluster", e.to_string())),
+    }
+    let record = PlanRecord {
+        plan: plan.name.clone(),
+        path: plan.path.clone(),
+        builtin: inv.source.builtin.map(str::to_string),
+    };
+    let dir = provider::cluster_dir(plan, o);
+    provider::record_plan(&dir, &record).map_err(|e| {
+        phase_failure(
+            "cluster",
+            format!("cannot write the state folder `{}`: {e}", dir.display()),
+        )
+    })
+}
+
+/// The runner over the plan's steps; then the ledger of what it found converged.
+async fn run_steps(
+    inv: &Invocation,
+    plan: Plan,
+    kube: Arc<Kube>,
+    session: &Session,
+) -> Vec<crate::run::StepReport> {
+    let plan = Arc::new(plan);
+    let options = run_options(inv, &plan, false);
+    let runner = Runner::new(
+        Arc::new(crate::steps::Steps),
+        plan.clone(),
+        Some(kube.clone()),
+        options,
+        session.events(),
+        session.cancel.clone(),
+    );
+    let steps = runner.run().await;
+    // What this run saw converged, for `diff` and `status`; losing it only costs them time
+    // (they dry-run what it does not vouch for).
+    if let Some(path) = ledger_path(&plan, &inv.target)
+        && let Err(e) = kube.ledger.save(&path)
+    {
+        tracing::debug!(error = %e, "cannot save the ledger of applied objects");
+    }
+    steps
 }
 
 /// Where a cluster's ledger of applied objects (`kube::ledger`) is kept: the state folder of
