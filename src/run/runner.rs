@@ -74,129 +74,19 @@ impl Runner {
 
     /// Runs the steps and returns their reports in plan order.
     pub async fn run(&self) -> Vec<StepReport> {
-        let steps = &self.plan.steps;
-        let n = steps.len();
-        // For teardown the edges flip: a step is undone after everything that needed it.
-        let deps: Vec<Vec<usize>> = if self.opts.reverse {
-            let mut d = vec![Vec::new(); n];
-            for (i, s) in steps.iter().enumerate() {
-                for &need in &s.needs {
-                    d[need].push(i);
-                }
-            }
-            d
-        } else {
-            steps.iter().map(|s| s.needs.clone()).collect()
+        let n = self.plan.steps.len();
+        let mut walk = Walk {
+            deps: self.dependencies(),
+            state: vec![State::Pending; n],
+            reports: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_step: HashMap::new(),
+            stop: self.cancel.child_token(),
         };
-        let mut state = vec![State::Pending; n];
-        let mut reports: HashMap<usize, StepReport> = HashMap::new();
-        let mut tasks: JoinSet<(usize, StepReport)> = JoinSet::new();
-        // Which step each task runs, for a task that ends without a report.
-        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
-        // Cancelled by Ctrl-C (through its parent) or, with --fail-fast, by a failure.
-        let stop = self.cancel.child_token();
-
-        // Steps left out by --only / --skip count as done for their dependents.
-        for (i, s) in steps.iter().enumerate() {
-            let excluded = (!self.opts.only.is_empty() && !self.opts.only.contains(&s.id))
-                || self.opts.skip.contains(&s.id);
-            if excluded {
-                let reason = if self.opts.skip.contains(&s.id) {
-                    SkipReason::LeftOut
-                } else {
-                    SkipReason::NotSelected
-                };
-                let outcome = Outcome::Skipped { reason };
-                let r = report(s, outcome.clone(), Duration::ZERO, 0);
-                let _ = self.events.send(Event::StepFinished(r.clone()));
-                reports.insert(i, r);
-                state[i] = State::Done(Outcome::Unchanged {
-                    summary: String::new(),
-                });
-            }
-        }
-
+        self.leave_out(&mut walk);
         loop {
-            // Skip what can no longer run; start what can.
-            let mut progressed = true;
-            while progressed {
-                progressed = false;
-                for i in 0..n {
-                    if !matches!(state[i], State::Pending) {
-                        continue;
-                    }
-                    let blocked = deps[i].iter().find(|&&d| {
-                        matches!(
-                            &state[d],
-                            State::Done(Outcome::Failed { .. } | Outcome::Skipped { .. })
-                        )
-                    });
-                    let stopping = self.cancel.is_cancelled() || stop.is_cancelled();
-                    if blocked.is_some() || stopping {
-                        let reason = match blocked {
-                            _ if self.cancel.is_cancelled() => SkipReason::Cancelled,
-                            _ if stop.is_cancelled() => SkipReason::FailFast,
-                            Some(&d) => SkipReason::Blocked {
-                                step: steps[d].id.clone(),
-                                failed: matches!(&state[d], State::Done(Outcome::Failed { .. })),
-                                teardown: self.opts.reverse,
-                            },
-                            None => unreachable!("blocked or stopping"),
-                        };
-                        let outcome = Outcome::Skipped { reason };
-                        let r = report(&steps[i], outcome.clone(), Duration::ZERO, 0);
-                        let _ = self.events.send(Event::StepFinished(r.clone()));
-                        reports.insert(i, r);
-                        state[i] = State::Done(outcome);
-                        progressed = true;
-                        continue;
-                    }
-                    let ready = deps[i].iter().all(|&d| matches!(state[d], State::Done(_)));
-                    if ready && tasks.len() < self.opts.jobs.max(1) {
-                        state[i] = State::Running;
-                        let step = self.plan.steps[i].clone();
-                        let ctx = StepCtx::new(
-                            step.id.clone(),
-                            self.plan.name.clone(),
-                            self.kube.clone(),
-                            self.events.clone(),
-                            stop.child_token(),
-                            self.opts.cache_dir.clone(),
-                            self.opts.artifacts.clone(),
-                        )
-                        .with_timeout(step.timeout)
-                        .with_cluster_logs(self.opts.cluster_logs.clone());
-                        let reverse = self.opts.reverse;
-                        let cancel = self.cancel.clone();
-                        let work = self.work.clone();
-                        let task = tasks.spawn(async move {
-                            // A panic is the failure of the step that panicked: caught here,
-                            // inside its own task, so that no other step takes the blame.
-                            let started = Instant::now();
-                            let failed = step.clone();
-                            let run =
-                                AssertUnwindSafe(attempt_loop(work, step, ctx, reverse, cancel));
-                            let r = run.catch_unwind().await.unwrap_or_else(|panic| {
-                                report(
-                                    &failed,
-                                    Outcome::Failed {
-                                        cause: format!(
-                                            "the step panicked (a bug in bookinfo-up): {}",
-                                            panic_message(panic.as_ref())
-                                        ),
-                                    },
-                                    started.elapsed(),
-                                    1,
-                                )
-                            });
-                            (i, r)
-                        });
-                        task_step.insert(task.id(), i);
-                        progressed = true;
-                    }
-                }
-            }
-            let Some(joined) = tasks.join_next_with_id().await else {
+            self.start_what_can(&mut walk);
+            let Some(joined) = walk.tasks.join_next_with_id().await else {
                 break;
             };
             let (i, r) = match joined {
@@ -204,31 +94,171 @@ impl Runner {
                 Err(e) => {
                     // Panics are caught inside the task; this is a task that ended otherwise
                     // (aborted by the runtime's shutdown), reported as its own step's failure.
-                    let i = task_step[&e.id()];
-                    (
-                        i,
-                        report(
-                            &steps[i],
-                            Outcome::Failed {
-                                cause: format!("the step's task ended without a report: {e}"),
-                            },
-                            Duration::ZERO,
-                            1,
-                        ),
-                    )
+                    let i = walk.task_step[&e.id()];
+                    let cause = format!("the step's task ended without a report: {e}");
+                    let r = report(
+                        &self.plan.steps[i],
+                        Outcome::Failed { cause },
+                        Duration::ZERO,
+                        1,
+                    );
+                    (i, r)
                 }
             };
             if matches!(r.outcome, Outcome::Failed { .. }) && self.opts.fail_fast {
-                stop.cancel();
+                walk.stop.cancel();
             }
-            let _ = self.events.send(Event::StepFinished(r.clone()));
-            state[i] = State::Done(r.outcome.clone());
-            reports.insert(i, r);
+            self.finish_step(&mut walk, i, r);
         }
-        let mut out: Vec<(usize, StepReport)> = reports.into_iter().collect();
+        let mut out: Vec<(usize, StepReport)> = walk.reports.into_iter().collect();
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
     }
+
+    /// What each step waits for. For teardown the edges flip: a step is undone after
+    /// everything that needed it.
+    fn dependencies(&self) -> Vec<Vec<usize>> {
+        let steps = &self.plan.steps;
+        if !self.opts.reverse {
+            return steps.iter().map(|s| s.needs.clone()).collect();
+        }
+        let mut d = vec![Vec::new(); steps.len()];
+        for (i, s) in steps.iter().enumerate() {
+            for &need in &s.needs {
+                d[need].push(i);
+            }
+        }
+        d
+    }
+
+    /// Steps left out by --only / --skip: reported skipped, and done for their dependents.
+    fn leave_out(&self, walk: &mut Walk) {
+        for (i, s) in self.plan.steps.iter().enumerate() {
+            let reason = if self.opts.skip.contains(&s.id) {
+                SkipReason::LeftOut
+            } else if !self.opts.only.is_empty() && !self.opts.only.contains(&s.id) {
+                SkipReason::NotSelected
+            } else {
+                continue;
+            };
+            let r = report(s, Outcome::Skipped { reason }, Duration::ZERO, 0);
+            let _ = self.events.send(Event::StepFinished(r.clone()));
+            walk.reports.insert(i, r);
+            walk.state[i] = State::Done(Outcome::Unchanged {
+                summary: String::new(),
+            });
+        }
+    }
+
+    /// Skips what can no longer run (a need failed or was skipped; the run is stopping) and
+    /// starts what can, up to `--jobs` at once, until nothing more changes.
+    fn start_what_can(&self, walk: &mut Walk) {
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for i in 0..self.plan.steps.len() {
+                if !matches!(walk.state[i], State::Pending) {
+                    continue;
+                }
+                if let Some(reason) = self.why_not(walk, i) {
+                    let r = report(
+                        &self.plan.steps[i],
+                        Outcome::Skipped { reason },
+                        Duration::ZERO,
+                        0,
+                    );
+                    self.finish_step(walk, i, r);
+                    progressed = true;
+                    continue;
+                }
+                let ready = walk.deps[i]
+                    .iter()
+                    .all(|&d| matches!(walk.state[d], State::Done(_)));
+                if ready && walk.tasks.len() < self.opts.jobs.max(1) {
+                    self.spawn(walk, i);
+                    progressed = true;
+                }
+            }
+        }
+    }
+
+    /// Why step `i` will not run: the run is stopping, or one of its needs failed or was
+    /// skipped.
+    fn why_not(&self, walk: &Walk, i: usize) -> Option<SkipReason> {
+        if self.cancel.is_cancelled() {
+            return Some(SkipReason::Cancelled);
+        }
+        if walk.stop.is_cancelled() {
+            return Some(SkipReason::FailFast);
+        }
+        let &d = walk.deps[i].iter().find(|&&d| {
+            matches!(
+                &walk.state[d],
+                State::Done(Outcome::Failed { .. } | Outcome::Skipped { .. })
+            )
+        })?;
+        Some(SkipReason::Blocked {
+            step: self.plan.steps[d].id.clone(),
+            failed: matches!(&walk.state[d], State::Done(Outcome::Failed { .. })),
+            teardown: self.opts.reverse,
+        })
+    }
+
+    /// Starts step `i` on a task of its own.
+    fn spawn(&self, walk: &mut Walk, i: usize) {
+        walk.state[i] = State::Running;
+        let step = self.plan.steps[i].clone();
+        let ctx = StepCtx::new(
+            step.id.clone(),
+            self.plan.name.clone(),
+            self.kube.clone(),
+            self.events.clone(),
+            walk.stop.child_token(),
+            self.opts.cache_dir.clone(),
+            self.opts.artifacts.clone(),
+        )
+        .with_timeout(step.timeout)
+        .with_cluster_logs(self.opts.cluster_logs.clone());
+        let reverse = self.opts.reverse;
+        let cancel = self.cancel.clone();
+        let work = self.work.clone();
+        let task = walk.tasks.spawn(async move {
+            // A panic is the failure of the step that panicked: caught here, inside its own
+            // task, so that no other step takes the blame.
+            let started = Instant::now();
+            let failed = step.clone();
+            let run = AssertUnwindSafe(attempt_loop(work, step, ctx, reverse, cancel));
+            let r = run.catch_unwind().await.unwrap_or_else(|panic| {
+                let cause = format!(
+                    "the step panicked (a bug in bookinfo-up): {}",
+                    panic_message(panic.as_ref())
+                );
+                report(&failed, Outcome::Failed { cause }, started.elapsed(), 1)
+            });
+            (i, r)
+        });
+        walk.task_step.insert(task.id(), i);
+    }
+
+    /// Records step `i`'s report and tells the reporters.
+    fn finish_step(&self, walk: &mut Walk, i: usize, r: StepReport) {
+        let _ = self.events.send(Event::StepFinished(r.clone()));
+        walk.state[i] = State::Done(r.outcome.clone());
+        walk.reports.insert(i, r);
+    }
+}
+
+/// Where a run of the DAG stands.
+struct Walk {
+    /// What each step waits for (flipped for teardown).
+    deps: Vec<Vec<usize>>,
+    state: Vec<State>,
+    reports: HashMap<usize, StepReport>,
+    tasks: JoinSet<(usize, StepReport)>,
+    /// Which step each task runs, for a task that ends without a report.
+    task_step: HashMap<tokio::task::Id, usize>,
+    /// Cancelled by Ctrl-C (through its parent) or, with --fail-fast, by a failure.
+    stop: CancellationToken,
 }
 
 /// The message a panic carried (`panic!` with a literal or a formatted string).

@@ -47,39 +47,9 @@ async fn prepare(inv: &Invocation) -> Result<Target, i32> {
     let mut plan = inv.plan.clone();
     let o = inv.target.clone();
     let cancel = CancellationToken::new();
-    let managed = provider::managed(&plan, &o);
-    let cluster = plan.cluster.name.clone();
-    if managed {
-        match provider::exists(&plan, &o, &cancel).await {
-            Ok(true) => {}
-            Ok(false) => {
-                eprintln!(
-                    "error: {} cluster `{cluster}` does not exist: there is nothing to compare with\n  = help: `{}` creates it; `--context` or `--kubeconfig` look at another cluster",
-                    plan.cluster.provider_name(),
-                    inv.rerun("bookinfo-up")
-                );
-                return Err(EXIT_CLUSTER);
-            }
-            Err(e) => {
-                eprintln!("error: cannot tell whether cluster `{cluster}` exists: {e}");
-                return Err(EXIT_CLUSTER);
-            }
-        }
-    }
+    found(inv, &cancel).await?;
     tracing::debug!("cluster found");
-    let access = provider::access(&plan, &o, &cancel).await.map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_CLUSTER
-    })?;
-    let mut kube = Kube::connect_read_only(&access.kubeconfig, access.context.as_deref())
-        .await
-        .map_err(|e| {
-            eprintln!("error: {}", e.chain());
-            EXIT_CLUSTER
-        })?;
-    if let Some(path) = super::up::ledger_path(&plan, &o) {
-        kube.ledger = crate::kube::ledger::Ledger::load(&path);
-    }
+    let (access, kube) = connect(&plan, &o, &cancel).await?;
     tracing::debug!("client ready");
     // Steps left out are not looked at: their remote manifests are not fetched either.
     for step in &mut plan.steps {
@@ -132,6 +102,54 @@ async fn prepare(inv: &Invocation) -> Result<Target, i32> {
         options: o,
         color,
     })
+}
+
+/// Whether the plan's cluster exists (an existing cluster does, as far as the engine can
+/// tell); `Err` is the exit code, the reason printed.
+async fn found(inv: &Invocation, cancel: &CancellationToken) -> Result<(), i32> {
+    let (plan, o) = (&inv.plan, &inv.target);
+    if !provider::managed(plan, o) {
+        return Ok(());
+    }
+    let cluster = &plan.cluster.name;
+    match provider::exists(plan, o, cancel).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            eprintln!(
+                "error: {} cluster `{cluster}` does not exist: there is nothing to compare with\n  = help: `{}` creates it; `--context` or `--kubeconfig` look at another cluster",
+                plan.cluster.provider_name(),
+                inv.rerun("bookinfo-up")
+            );
+            Err(EXIT_CLUSTER)
+        }
+        Err(e) => {
+            eprintln!("error: cannot tell whether cluster `{cluster}` exists: {e}");
+            Err(EXIT_CLUSTER)
+        }
+    }
+}
+
+/// A read-only client for the cluster, with the ledger of the last run where the engine
+/// keeps one.
+async fn connect(
+    plan: &Plan,
+    o: &Overrides,
+    cancel: &CancellationToken,
+) -> Result<(Access, Kube), i32> {
+    let access = provider::access(plan, o, cancel).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CLUSTER
+    })?;
+    let mut kube = Kube::connect_read_only(&access.kubeconfig, access.context.as_deref())
+        .await
+        .map_err(|e| {
+            eprintln!("error: {}", e.chain());
+            EXIT_CLUSTER
+        })?;
+    if let Some(path) = super::up::ledger_path(plan, o) {
+        kube.ledger = crate::kube::ledger::Ledger::load(&path);
+    }
+    Ok((access, kube))
 }
 
 /// The kinds of the objects the plan's steps apply and patch (local manifests; fetched ones
