@@ -168,59 +168,46 @@ pub struct RawStep {
     pub exec: Option<Spanned<RawExec>>,
 }
 
-/// One step kind's table, as written in a step.
-#[derive(Debug, Clone, Copy)]
-pub enum RawStepKind<'a> {
-    Helm(&'a Spanned<RawHelm>),
-    Apply(&'a Spanned<RawApply>),
-    Namespace(&'a Spanned<RawNamespace>),
-    Patch(&'a Spanned<RawPatch>),
-    Wait(&'a Spanned<RawWait>),
-    Http(&'a Spanned<RawHttp>),
-    Traffic(&'a Spanned<RawTraffic>),
-    Exec(&'a Spanned<RawExec>),
+/// The step kinds: each variant of `RawStepKind` with its table's type and name, in one list
+/// from which the enum, `NAMES`, `name` and `span` are all made, so that they cannot drift.
+macro_rules! step_kinds {
+    ($($variant:ident($table:ty) = $name:literal),* $(,)?) => {
+        /// One step kind's table, as written in a step.
+        #[derive(Debug, Clone, Copy)]
+        pub enum RawStepKind<'a> {
+            $($variant(&'a Spanned<$table>)),*
+        }
+
+        impl RawStepKind<'_> {
+            /// Every kind's table name, for messages; in the order of the variants.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// The table name (`[step.helm]`).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(RawStepKind::$variant(_) => $name),*
+                }
+            }
+
+            /// Where the table is written.
+            pub fn span(&self) -> std::ops::Range<usize> {
+                match self {
+                    $(RawStepKind::$variant(k) => k.span()),*
+                }
+            }
+        }
+    };
 }
 
-impl RawStepKind<'_> {
-    /// Every kind's table name, for messages; in the order of the variants.
-    pub const NAMES: &'static [&'static str] = &[
-        "helm",
-        "apply",
-        "namespace",
-        "patch",
-        "wait",
-        "http",
-        "traffic",
-        "exec",
-    ];
-
-    /// The table name (`[step.helm]`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            RawStepKind::Helm(_) => "helm",
-            RawStepKind::Apply(_) => "apply",
-            RawStepKind::Namespace(_) => "namespace",
-            RawStepKind::Patch(_) => "patch",
-            RawStepKind::Wait(_) => "wait",
-            RawStepKind::Http(_) => "http",
-            RawStepKind::Traffic(_) => "traffic",
-            RawStepKind::Exec(_) => "exec",
-        }
-    }
-
-    /// Where the table is written.
-    pub fn span(&self) -> std::ops::Range<usize> {
-        match self {
-            RawStepKind::Helm(k) => k.span(),
-            RawStepKind::Apply(k) => k.span(),
-            RawStepKind::Namespace(k) => k.span(),
-            RawStepKind::Patch(k) => k.span(),
-            RawStepKind::Wait(k) => k.span(),
-            RawStepKind::Http(k) => k.span(),
-            RawStepKind::Traffic(k) => k.span(),
-            RawStepKind::Exec(k) => k.span(),
-        }
-    }
+step_kinds! {
+    Helm(RawHelm) = "helm",
+    Apply(RawApply) = "apply",
+    Namespace(RawNamespace) = "namespace",
+    Patch(RawPatch) = "patch",
+    Wait(RawWait) = "wait",
+    Http(RawHttp) = "http",
+    Traffic(RawTraffic) = "traffic",
+    Exec(RawExec) = "exec",
 }
 
 impl RawStep {

@@ -155,16 +155,11 @@ async fn connect(
 /// The kinds of the objects the plan's steps apply and patch (local manifests; fetched ones
 /// are mostly of the same kinds).
 fn plan_kinds(plan: &Plan) -> Vec<kube::core::GroupVersionKind> {
-    let mut out = Vec::new();
-    for s in &plan.steps {
-        let objects = match &s.action {
-            Action::Apply(a) => &a.objects,
-            Action::Patch(p) => &p.objects,
-            _ => continue,
-        };
-        out.extend(objects.iter().map(|m| crate::kube::gvk_of(&m.object)));
-    }
-    out
+    plan.steps
+        .iter()
+        .flat_map(|s| s.objects())
+        .map(|m| crate::kube::gvk_of(&m.object))
+        .collect()
 }
 
 impl Target {

@@ -22,6 +22,22 @@ use crate::plan::{Action, ChartRef, Step};
 use crate::run::{Outcome, StepCtx};
 
 impl Step {
+    /// The objects the step applies or patches, as the plan has them (remote manifests once
+    /// fetched); none for the other kinds.
+    pub fn objects(&self) -> &[crate::plan::Manifest] {
+        match &self.action {
+            Action::Apply(a) => &a.objects,
+            Action::Patch(p) => &p.objects,
+            Action::Helm(_)
+            | Action::Namespace(_)
+            | Action::ConfigMerge(_)
+            | Action::Wait(_)
+            | Action::Http(_)
+            | Action::Traffic(_)
+            | Action::Exec(_) => &[],
+        }
+    }
+
     /// The step kind's name as written in plans.
     pub fn kind(&self) -> &'static str {
         match &self.action {
