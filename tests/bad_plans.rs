@@ -10,9 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{KwokCluster, testbed};
+use crate::common::{Bin, KwokCluster, Product, testbed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bookinfo-up");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The bad plans, sorted, as paths relative to the crate root (the binary's working
@@ -92,16 +91,14 @@ impl Sandbox {
     /// The binary with a cleared environment: PATH empty (no tool can run), HOME, state
     /// and cache in the sandbox, KUBECONFIG unreachable.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.current_dir(ROOT)
-            .env_clear()
+        let mut c = Product::new(Bin::Up).text().args(args).command();
+        c.env_clear()
             .env("PATH", "")
             .env("HOME", self.dir.path().join("home"))
             .env("BOOKINFO_UP_STATE_DIR", self.dir.path().join("state"))
             .env("BOOKINFO_UP_CACHE_DIR", self.dir.path().join("cache"))
             .env("KUBECONFIG", self.kubeconfig())
-            .env("NO_COLOR", "1")
-            .args(args);
+            .env("NO_COLOR", "1");
         c
     }
 

@@ -1,10 +1,10 @@
 //! Cancellation: SIGINT during a long `exec` step that starts children exits 130 within 2 s
 //! and leaves no process of the run behind.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::processes_mentioning;
+use crate::common::{Bin, Product, processes_mentioning};
 
 #[test]
 fn sigint_stops_the_run_and_its_children() {
@@ -38,10 +38,10 @@ command = ["sh", "-c", "sleep {tag} & sleep {tag} & touch {}; wait"]
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-        .arg(dir.path().join("plan.toml"))
-        .args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", dir.path().join("state"))
+    let mut child = Product::new(Bin::Up)
+        .plan(dir.path().join("plan.toml"))
+        .state(&dir.path().join("state"))
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::testbed;
+use crate::common::{Bin, Product, testbed};
 
 struct Env {
     state: tempfile::TempDir,
@@ -30,41 +30,28 @@ impl Env {
         self.state.path().join("clusters/bookinfo-sim/kubeconfig")
     }
 
-    fn bookinfo_up(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-            .args(args)
-            .env("BOOKINFO_UP_STATE_DIR", self.state.path())
-            .env("BOOKINFO_UP_CACHE_DIR", self.state.path().join("cache"))
-            .env("PATH", &self.path_env)
+    /// The product on this environment's plan copy and state folder (NO_COLOR unset, so that
+    /// colour follows the terminal, which a test's output is not).
+    fn product(&self, bin: Bin) -> Product {
+        Product::new(bin)
+            .path(&self.path_env)
+            .state(self.state.path())
             .env_remove("NO_COLOR")
-            .output()
-            .unwrap()
     }
 
     /// A run of the plan, expected to succeed: converges whatever a scenario left.
     fn up(&self) {
-        let plan = self.plan();
-        let out = self.bookinfo_up(&[plan.to_str().unwrap(), "--log-format", "plain"]);
-        assert!(
-            out.status.success(),
-            "up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.product(Bin::Up).plan(self.plan()).expect(0);
     }
 
     /// `diff` or `status` on the plan: (exit code, stdout, stderr).
     fn inspect(&self, command: &str, json: bool) -> (i32, String, String) {
-        let plan = self.plan();
-        let mut args = vec![command, plan.to_str().unwrap()];
-        if json {
-            args.extend(["--output", "json"]);
+        let mut run = self.product(Bin::Up).sub(command).plan(self.plan());
+        if !json {
+            run = run.text();
         }
-        let out = self.bookinfo_up(&args);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = run.run();
+        (out.code, out.stdout, out.stderr)
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
@@ -150,14 +137,7 @@ struct Down<'a>(&'a Env);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let plan = self.0.plan();
-        Command::new(env!("CARGO_BIN_EXE_bookinfo-down"))
-            .arg(plan)
-            .args(["--log-format", "plain"])
-            .env("BOOKINFO_UP_STATE_DIR", self.0.state.path())
-            .env("PATH", &self.0.path_env)
-            .output()
-            .ok();
+        self.0.product(Bin::Down).plan(self.0.plan()).run();
     }
 }
 
@@ -269,8 +249,11 @@ fn diff_and_status_see_drift_and_change_nothing() {
         state,
         path_env: tb.path_env(),
     };
-    let init = env.bookinfo_up(&["init", root.to_str().unwrap()]);
-    assert!(init.status.success(), "{init:?}");
+    env.product(Bin::Up)
+        .sub("init")
+        .text()
+        .args([root.to_str().unwrap()])
+        .expect(0);
     // A Secret among the applied manifests, whose value must never be printed.
     let secret_file = root.join("manifests/bookinfo/zz-secret.yaml");
     let secret = |value: &str| {
@@ -563,15 +546,14 @@ fn diff_and_status_on_a_missing_cluster_say_so() {
     let Some(tb) = testbed() else { return };
     let state = tempfile::tempdir().unwrap();
     for command in ["diff", "status"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([command, "plans/sim.toml"])
-            .env("BOOKINFO_UP_STATE_DIR", state.path())
-            .env("PATH", tb.path_env())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{command}: {err}");
+        let out = Product::up(&tb)
+            .sub(command)
+            .text()
+            .plan("plans/sim.toml")
+            .state(state.path())
+            .run();
+        let err = &out.stderr;
+        assert_eq!(out.code, 3, "{command}: {err}");
         assert!(
             err.contains("cluster `bookinfo-sim` does not exist"),
             "{command}: {err}"

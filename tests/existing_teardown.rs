@@ -3,9 +3,7 @@
 //! afterwards, nothing carrying the plan's label remains, and the plan's namespaces are gone.
 //! That cluster runs no istiod, so `up` leaves out the checks that need one.
 
-use std::process::Command;
-
-use crate::common::{KwokCluster, testbed};
+use crate::common::{Bin, KwokCluster, Product, testbed};
 
 const BEFORE: &str = r#"
 apiVersion: v1
@@ -23,31 +21,19 @@ data:
 "#;
 
 fn bookinfo(cmd: &str, cluster: &KwokCluster, state: &std::path::Path, path_env: &str) -> String {
-    let bin = if cmd == "up" {
-        env!("CARGO_BIN_EXE_bookinfo-up")
-    } else {
-        env!("CARGO_BIN_EXE_bookinfo-down")
-    };
-    let mut c = Command::new(bin);
+    let k = cluster.kubeconfig.to_str().unwrap();
+    let mut run = Product::new(if cmd == "up" { Bin::Up } else { Bin::Down })
+        .path(path_env)
+        .plan("plans/sim.toml")
+        .state(state)
+        .text()
+        .args(["--kubeconfig", k, "--log-format", "plain"]);
     if cmd == "up" {
         // The hand-made cluster runs no istiod (and has webhooks off): the two checks that
         // need a serving istiod are left out; on this cluster they fail, as they must.
-        c.args(["--skip", "webhook-ready", "--skip", "bookinfo-pods"]);
+        run = run.args(["--skip", "webhook-ready", "--skip", "bookinfo-pods"]);
     }
-    let out = c
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("plans/sim.toml")
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(["--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state)
-        .env("BOOKINFO_UP_CACHE_DIR", state.join("cache"))
-        .env("PATH", path_env)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "bookinfo-{cmd} failed:\n{stderr}");
-    stderr
+    run.expect(0).stderr
 }
 
 #[test]

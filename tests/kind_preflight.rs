@@ -9,9 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::testbed;
-
-const BIN: &str = env!("CARGO_BIN_EXE_bookinfo-up");
+use crate::common::{Bin, Product, testbed};
 
 /// The built-in plan's host ports.
 const PORTS: [u16; 2] = [30666, 32667];
@@ -25,16 +23,17 @@ fn docker_engine_runs() -> bool {
 
 /// `bookinfo-up ARGS` from `home` (its HOME and working folder), with `path` as PATH.
 fn up(home: &Path, path: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.current_dir(home)
+    Product::new(Bin::Up)
+        .cwd(home)
+        .path(path)
+        .text()
         .env("HOME", home)
+        .env("NO_COLOR", "1")
         .env_remove("XDG_DATA_HOME")
         .env_remove("XDG_STATE_HOME")
         .env_remove("BOOKINFO_UP_STATE_DIR")
-        .env("PATH", path)
-        .env("NO_COLOR", "1")
-        .args(args);
-    c
+        .args(args)
+        .command()
 }
 
 fn text(b: &[u8]) -> String {
@@ -224,7 +223,12 @@ fn as_nobody(kind: &Path) -> Option<(Output, tempfile::TempDir)> {
         .args(["-u", "nobody", "--", "env"])
         .arg(format!("HOME={}", home.path().display()))
         .arg(format!("PATH={path}"))
-        .args(["NO_COLOR=1", BIN, "--log-format", "plain"])
+        .args([
+            "NO_COLOR=1",
+            Product::new(Bin::Up).program(),
+            "--log-format",
+            "plain",
+        ])
         .current_dir(home.path())
         .output()
         .unwrap();
@@ -233,27 +237,23 @@ fn as_nobody(kind: &Path) -> Option<(Output, tempfile::TempDir)> {
 
 #[test]
 fn completions_and_help_need_no_plan() {
-    let bin = env!("CARGO_BIN_EXE_bookinfo-up");
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(bin)
-            .args(["completions", shell])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{shell}");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("bookinfo-up"),
-            "{shell}"
-        );
+        let out = Product::new(Bin::Up)
+            .sub("completions")
+            .text()
+            .args([shell])
+            .expect(0);
+        assert!(out.stdout.contains("bookinfo-up"), "{shell}");
     }
-    let help = Command::new(bin).arg("--help").output().unwrap();
-    let text = String::from_utf8_lossy(&help.stdout);
+    let help = Product::new(Bin::Up).text().args(["--help"]).expect(0);
+    let text = &help.stdout;
     assert!(
         text.contains("Examples:") && text.contains("--dry-run"),
         "{text}"
     );
-    let version = Command::new(bin).arg("--version").output().unwrap();
+    let version = Product::new(Bin::Up).text().args(["--version"]).expect(0);
     assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
+        version.stdout.trim(),
         format!("bookinfo-up {}", env!("CARGO_PKG_VERSION"))
     );
 }

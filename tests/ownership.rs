@@ -6,7 +6,6 @@
 //! (down) says otherwise.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::common::{Bin, Product, Ran, kubectl_at, testbed};
 
@@ -131,15 +130,11 @@ fn a_cluster_is_deleted_or_taken_over_only_when_proven_ours() {
     assert!(kept.cause("cluster").contains("carries no owner marker"));
     assert!(cluster_exists(state.path()));
     kubectl(&["get", "namespace", "bookinfo"]);
-    let diff = Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["diff", "plans/sim.toml"])
-        .env("BOOKINFO_UP_STATE_DIR", state.path())
-        .env("PATH", &path_env)
-        .output()
-        .unwrap();
-    assert_eq!(diff.status.code(), Some(3), "diff refuses it as up would");
-    assert!(String::from_utf8_lossy(&diff.stderr).contains("--adopt"));
+    let diff = sim(&tb, state.path()).sub("diff").text().expect(3);
+    assert!(
+        diff.stderr.contains("--adopt"),
+        "diff refuses it as up would"
+    );
     let refused = up.expect(1);
     let cause = refused.cause("cluster");
     assert!(

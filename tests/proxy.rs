@@ -153,7 +153,6 @@ fn proxy_url_is_honoured_by_both_clients() {
     let cluster = KwokCluster::create(&tb, "proxy");
     cluster.scale_nodes(1);
     let state = tempfile::tempdir().unwrap();
-    let path_env = tb.path_env();
     for kind in [Kind::Connect, Kind::Socks5] {
         let proxy = Proxy::start(kind);
         let kubeconfig = state.path().join(format!("kubeconfig-{kind:?}"));
@@ -165,20 +164,12 @@ fn proxy_url_is_honoured_by_both_clients() {
             .args(["--kubeconfig", k, "--only", "bookinfo-namespace"])
             .expect(0);
         let by_up = proxy.relayed();
-        let diff = std::process::Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["diff", "plans/sim.toml", "--only", "bookinfo-namespace"])
-            .args(["--kubeconfig", k])
-            .env("BOOKINFO_UP_STATE_DIR", state.path())
-            .env("PATH", &path_env)
-            .output()
-            .unwrap();
-        assert_eq!(
-            diff.status.code(),
-            Some(0),
-            "diff through the proxy: {}",
-            String::from_utf8_lossy(&diff.stderr)
-        );
+        Product::up(&tb)
+            .sub("diff")
+            .plan("plans/sim.toml")
+            .state(state.path())
+            .args(["--only", "bookinfo-namespace", "--kubeconfig", k])
+            .expect(0);
         let by_diff = proxy.relayed() - by_up;
         eprintln!("{kind:?} proxy relayed {by_up} connections for up, {by_diff} for diff");
         assert!(by_up > 0, "up went through the {kind:?} proxy");
@@ -201,12 +192,10 @@ fn proxy_url_is_honoured_by_both_clients() {
         .args(["--kubeconfig", k, "--only", "bookinfo-namespace"])
         .run();
     assert_ne!(up.code, 0, "up with a closed proxy:\n{}", up.stderr);
-    let diff = std::process::Command::new(env!("CARGO_BIN_EXE_bookinfo-up"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["diff", "plans/sim.toml", "--kubeconfig", k])
-        .env("BOOKINFO_UP_STATE_DIR", state.path())
-        .env("PATH", &path_env)
-        .output()
-        .unwrap();
-    assert_eq!(diff.status.code(), Some(3), "diff with a closed proxy");
+    Product::up(&tb)
+        .sub("diff")
+        .plan("plans/sim.toml")
+        .state(state.path())
+        .args(["--kubeconfig", k])
+        .expect(3);
 }

@@ -6,43 +6,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::{SIM_STEPS, listening_addresses, processes_mentioning, step_outcomes, testbed};
+use crate::common::{
+    Bin, Product, Ran, SIM_STEPS, listening_addresses, processes_mentioning, step_outcomes, testbed,
+};
 
-struct Run {
-    code: i32,
-    summary: Value,
-    stderr: String,
-    secs: f64,
-}
-
-fn run(bin: &str, state: &Path, path_env: &str, log: Option<&str>) -> Run {
-    let start = Instant::now();
-    let mut c = Command::new(bin);
+fn run(bin: Bin, state: &Path, path_env: &str, log: Option<&str>) -> Ran {
+    let mut run = Product::new(bin)
+        .path(path_env)
+        .plan("plans/sim.toml")
+        .state(state);
     if let Some(filter) = log {
-        c.env("BOOKINFO_UP_LOG", filter);
+        run = run.env("BOOKINFO_UP_LOG", filter);
     }
-    let out = c
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("plans/sim.toml")
-        .args(["--output", "json", "--log-format", "plain"])
-        .env("BOOKINFO_UP_STATE_DIR", state)
-        .env("BOOKINFO_UP_CACHE_DIR", state.join("cache"))
-        .env("PATH", path_env)
-        .output()
-        .unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let summary = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        summary,
-        stderr,
-        secs,
-    }
+    run.run()
 }
 
 /// Discovery requests (`GET /api/v1`, `GET /apis/<group>/<version>`) in kube-client's debug
@@ -80,8 +59,7 @@ fn sim_plan_converges_then_goes_away() {
         .tempdir()
         .unwrap();
     let path_env = tb.path_env();
-    let up = env!("CARGO_BIN_EXE_bookinfo-up");
-    let down = env!("CARGO_BIN_EXE_bookinfo-down");
+    let (up, down) = (Bin::Up, Bin::Down);
 
     let first = run(up, state.path(), &path_env, None);
     assert_eq!(first.code, 0, "first run failed:\n{}", first.stderr);
@@ -303,22 +281,8 @@ fn sim_plan_converges_then_goes_away() {
         netns.exists(),
         "the cluster's istiod has its network namespace"
     );
-    let run_down = || {
-        Command::new(down)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("plans/sim.toml")
-            .args(["--log-format", "plain"])
-            .env("BOOKINFO_UP_STATE_DIR", state.path())
-            .env("PATH", &path_env)
-            .output()
-            .unwrap()
-    };
-    let out = run_down();
-    assert!(
-        out.status.success(),
-        "down: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run_down = || run(down, state.path(), &path_env, None);
+    run_down().expect_code(0);
     assert_eq!(
         processes_mentioning(&workdir),
         Vec::<String>::new(),
@@ -332,10 +296,14 @@ fn sim_plan_converges_then_goes_away() {
             && !netns.exists(),
         "down removes istiod's network namespace, and with it its veth pair and route"
     );
-    let again = run_down();
-    let text = String::from_utf8_lossy(&again.stderr);
-    assert!(again.status.success(), "down again: {text}");
-    assert!(text.contains("already gone"), "{text}");
+    let again = run_down().expect_code(0);
+    assert_eq!(
+        again.outcome("cluster"),
+        "unchanged",
+        "down again: {}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("already gone"), "{}", again.stderr);
 }
 
 /// Every Bookinfo pod carries istio-proxy as istiod injects it on Kubernetes >= 1.33 (a native

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::testbed;
+use crate::common::{Bin, Product, testbed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bookinfo-up");
-const DOWN: &str = env!("CARGO_BIN_EXE_bookinfo-down");
+const BIN: Bin = Bin::Up;
+const DOWN: Bin = Bin::Down;
 
 /// Proxy variables a user may have set, all pointing where nothing listens.
 const DEAD_PROXY: &str = "http://127.0.0.1:9";
@@ -22,20 +22,25 @@ const PROXY_VARS: &[&str] = &[
     "all_proxy",
 ];
 
-/// `program ARGS` with `home` as HOME and working folder, and nothing else of the caller's
-/// that bookinfo-up reads.
-fn run_in(home: &Path, program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(program);
-    c.current_dir(home)
+/// `bookinfo-up`/`bookinfo-down ARGS` as a user types it: `home` as HOME and working folder,
+/// and nothing else of the caller's that bookinfo-up reads.
+fn run_in(home: &Path, bin: Bin, args: &[&str]) -> Command {
+    let mut run = Product::new(bin)
+        .cwd(home)
+        .text()
         .env("HOME", home)
         .env("NO_COLOR", "1")
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("XDG_STATE_HOME")
-        .env_remove("BOOKINFO_UP_STATE_DIR")
-        .env_remove("BOOKINFO_UP_CACHE_DIR")
-        .env_remove("KUBECONFIG")
         .args(args);
-    c
+    for name in [
+        "XDG_DATA_HOME",
+        "XDG_STATE_HOME",
+        "BOOKINFO_UP_STATE_DIR",
+        "BOOKINFO_UP_CACHE_DIR",
+        "KUBECONFIG",
+    ] {
+        run = run.env_remove(name);
+    }
+    run.command()
 }
 
 fn text(b: &[u8]) -> String {

@@ -480,65 +480,95 @@ pub enum Bin {
     Down,
 }
 
-/// One run of `bookinfo-up` or `bookinfo-down` as a user starts it: from the repository, with
-/// a plan, a state folder (and a download cache inside it) of the test's own, variables
-/// (`BOOKINFO_UP_VAR_<name>`), arguments, the testbed first on PATH, plain logs and the JSON
-/// summary on stdout.
+/// One run of `bookinfo-up` or `bookinfo-down` as a user starts it: from the repository (or
+/// a folder of the test's), with a plan, a state folder (and a download cache inside it) of
+/// the test's own, variables (`BOOKINFO_UP_VAR_<name>`), arguments, and by default plain logs
+/// and the JSON summary on stdout. Every test that runs the product builds its runs here.
 ///
 /// ```ignore
 /// let ran = Product::up(&tb).plan("plans/sim.toml").state(dir).args(["--only", "x"]).expect(0);
 /// assert_eq!(ran.outcome("x"), "changed");
+/// let diff = Product::up(&tb).sub("diff").plan("plans/sim.toml").state(dir).expect(1);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Product {
-    command: Bin,
+    bin: Bin,
+    sub: Option<String>,
     plan: Option<String>,
     state: Option<PathBuf>,
+    cwd: Option<PathBuf>,
     vars: Vec<(String, String)>,
     envs: Vec<(String, String)>,
+    removed: Vec<String>,
     args: Vec<String>,
-    path_env: String,
+    json: bool,
+    path_env: Option<String>,
 }
 
 /// What a `Product` run did: its exit code, its parsed summary (`Null` when it printed
-/// none), and its stderr.
-#[derive(Debug)]
+/// none), its output, and how long it took.
+#[derive(Debug, Clone)]
 pub struct Ran {
     pub code: i32,
     pub summary: serde_json::Value,
     pub stdout: String,
     pub stderr: String,
+    pub secs: f64,
 }
 
 impl Product {
+    /// `bookinfo-up` with the testbed first on PATH.
     pub fn up(tb: &Testbed) -> Self {
-        Self::new(Bin::Up, tb.path_env())
+        Self::new(Bin::Up).path(&tb.path_env())
     }
 
+    /// `bookinfo-down` with the testbed first on PATH.
     pub fn down(tb: &Testbed) -> Self {
-        Self::new(Bin::Down, tb.path_env())
+        Self::new(Bin::Down).path(&tb.path_env())
     }
 
-    /// A run with `path_env` as PATH (a test that needs more than the testbed on it).
-    pub fn new(command: Bin, path_env: String) -> Self {
+    /// A run with the caller's PATH (a test that needs no testbed).
+    pub fn new(bin: Bin) -> Self {
         Self {
-            command,
+            bin,
+            sub: None,
             plan: None,
             state: None,
+            cwd: None,
             vars: Vec::new(),
             envs: Vec::new(),
+            removed: Vec::new(),
             args: Vec::new(),
-            path_env,
+            json: true,
+            path_env: None,
         }
     }
 
-    pub fn plan(mut self, plan: &str) -> Self {
-        self.plan = Some(plan.to_string());
+    /// A subcommand (`diff`, `status`, `init`, `completions`): first on the command line, and
+    /// without `--log-format`, which only runs take.
+    pub fn sub(mut self, sub: &str) -> Self {
+        self.sub = Some(sub.to_string());
+        self
+    }
+
+    pub fn plan(mut self, plan: impl AsRef<Path>) -> Self {
+        self.plan = Some(plan.as_ref().display().to_string());
         self
     }
 
     pub fn state(mut self, dir: &Path) -> Self {
         self.state = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs from `dir` instead of the repository.
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn path(mut self, path_env: &str) -> Self {
+        self.path_env = Some(path_env.to_string());
         self
     }
 
@@ -548,35 +578,68 @@ impl Product {
         self
     }
 
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.envs.push((name.into(), value.into()));
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.envs
+            .push((name.into(), value.as_ref().to_string_lossy().into_owned()));
         self
     }
 
-    pub fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
-        self.args.extend(args.iter().map(|a| a.to_string()));
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.removed.push(name.into());
         self
     }
 
-    /// The same run as `down` (or `up`): the plan, state, variables and PATH, no arguments.
-    pub fn then(&self, command: Bin) -> Self {
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Without `--output json` (and `--log-format plain`): the output a user reads.
+    pub fn text(mut self) -> Self {
+        self.json = false;
+        self
+    }
+
+    /// The same run as `bin`: the plan, state, variables, environment and PATH; no
+    /// subcommand or arguments.
+    pub fn then(&self, bin: Bin) -> Self {
         Self {
-            command,
+            bin,
+            sub: None,
             args: Vec::new(),
             ..self.clone()
         }
     }
 
-    pub fn command(&self) -> Command {
-        let bin = match self.command {
+    /// The binary's path, for a test that wraps it (`runuser -u nobody -- env ... PROGRAM`).
+    pub fn program(&self) -> &'static str {
+        match self.bin {
             Bin::Up => env!("CARGO_BIN_EXE_bookinfo-up"),
             Bin::Down => env!("CARGO_BIN_EXE_bookinfo-down"),
-        };
-        let mut c = Command::new(bin);
-        c.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PATH", &self.path_env)
-            .args(&self.args)
-            .args(["--output", "json", "--log-format", "plain"]);
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(self.program());
+        c.current_dir(
+            self.cwd
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+        );
+        if let Some(path) = &self.path_env {
+            c.env("PATH", path);
+        }
+        if let Some(sub) = &self.sub {
+            c.arg(sub);
+        }
+        c.args(&self.args);
+        if self.json {
+            c.args(["--output", "json"]);
+            if self.sub.is_none() {
+                c.args(["--log-format", "plain"]);
+            }
+        }
         if let Some(plan) = &self.plan {
             c.arg(plan);
         }
@@ -590,10 +653,13 @@ impl Product {
         for (name, value) in &self.envs {
             c.env(name, value);
         }
+        for name in &self.removed {
+            c.env_remove(name);
+        }
         c
     }
 
-    /// Starts it without waiting (for runs side by side).
+    /// Starts it without waiting (for runs side by side, signals).
     pub fn spawn(&self) -> std::process::Child {
         self.command()
             .stdout(Stdio::piped())
@@ -603,7 +669,10 @@ impl Product {
     }
 
     pub fn run(&self) -> Ran {
-        Ran::from(self.command().output().expect("the product runs"))
+        let start = Instant::now();
+        let mut ran = Ran::from(self.command().output().expect("the product runs"));
+        ran.secs = start.elapsed().as_secs_f64();
+        ran
     }
 
     /// Runs it and asserts its exit code.
@@ -611,8 +680,8 @@ impl Product {
         let ran = self.run();
         assert_eq!(
             ran.code, code,
-            "{:?} {:?}: exit {} (expected {code})\n{}",
-            self.command, self.args, ran.code, ran.stderr
+            "{:?} {:?} {:?}: exit {} (expected {code})\n{}{}",
+            self.bin, self.sub, self.args, ran.code, ran.stdout, ran.stderr
         );
         ran
     }
@@ -625,15 +694,77 @@ impl From<Output> for Ran {
             summary: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            secs: 0.0,
         }
     }
 }
 
 impl Ran {
-    /// (step, outcome) of every step and phase in the summary.
+    pub fn step(&self, id: &str) -> Option<&serde_json::Value> {
+        self.summary["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == id)
+    }
+
+    /// Steps that did not end unchanged.
+    pub fn changed(&self) -> Vec<String> {
+        self.outcomes()
+            .into_iter()
+            .filter(|(_, o)| o != "unchanged")
+            .map(|(id, o)| format!("{id}={o}"))
+            .collect()
+    }
+
+    /// (step, cause) of every failed step.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.summary["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["outcome"] == "failed")
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap_or_default().to_string(),
+                    s["cause"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// One line for reports: exit code, time and per-outcome counts.
+    pub fn brief(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for (_, o) in self.outcomes() {
+            *counts.entry(o).or_default() += 1;
+        }
+        let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        format!(
+            "exit {} in {:.1}s ({})",
+            self.code,
+            self.secs,
+            counts.join(", ")
+        )
+    }
+
+    pub fn all_output(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// Asserts the exit code; the run, for more assertions.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit {} (expected {code})\n{}",
+            self.code, self.stderr
+        );
+        self
+    }
+
+    /// (step, outcome) of every step and phase in the summary; none when it printed no
+    /// summary.
     pub fn outcomes(&self) -> Vec<(String, String)> {
-        step_outcomes(&self.summary)
-            .unwrap_or_else(|| panic!("the run printed no summary:\n{}", self.stderr))
+        step_outcomes(&self.summary).unwrap_or_default()
     }
 
     /// The outcome of step or phase `id` (`changed`, `unchanged`, `failed`, `skipped`).

@@ -17,8 +17,7 @@ use serde_json::Value;
 
 pub const PLAN: &str = "plans/sim.toml";
 pub const PLAN_NAME: &str = "bookinfo-sim";
-pub const UP: &str = env!("CARGO_BIN_EXE_bookinfo-up");
-pub const DOWN: &str = env!("CARGO_BIN_EXE_bookinfo-down");
+pub use crate::common::Bin;
 
 /// The steps of plans/sim.toml, in plan order.
 pub use crate::common::SIM_STEPS as STEPS;
@@ -78,73 +77,8 @@ pub fn port_lock() -> std::fs::File {
 
 // --- runs ------------------------------------------------------------------------------------
 
-/// A finished run of a binary.
-#[derive(Debug, Clone)]
-pub struct Run {
-    pub code: i32,
-    pub summary: Value,
-    pub stdout: String,
-    pub stderr: String,
-    pub secs: f64,
-}
-
-impl Run {
-    /// (step, outcome) of every step in the JSON summary.
-    pub fn outcomes(&self) -> Vec<(String, String)> {
-        crate::common::step_outcomes(&self.summary).unwrap_or_default()
-    }
-
-    pub fn step(&self, id: &str) -> Option<&Value> {
-        self.summary["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["id"] == id)
-    }
-
-    /// Steps that did not end unchanged.
-    pub fn changed(&self) -> Vec<String> {
-        self.outcomes()
-            .into_iter()
-            .filter(|(_, o)| o != "unchanged")
-            .map(|(id, o)| format!("{id}={o}"))
-            .collect()
-    }
-
-    /// (step, cause) of every failed step.
-    pub fn failures(&self) -> Vec<(String, String)> {
-        self.summary["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["outcome"] == "failed")
-            .map(|s| {
-                (
-                    s["id"].as_str().unwrap_or_default().to_string(),
-                    s["cause"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// One line for reports: exit code, time and per-outcome counts.
-    pub fn brief(&self) -> String {
-        let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        for (_, o) in self.outcomes() {
-            *counts.entry(o).or_default() += 1;
-        }
-        let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        format!(
-            "exit {} in {:.1}s ({})",
-            self.code,
-            self.secs,
-            counts.join(", ")
-        )
-    }
-
-    pub fn all_output(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
+/// A finished run of a binary (the builder's, shared with the other test binary).
+pub use crate::common::Ran as Run;
 
 /// A running binary whose stderr lines arrive as they are written.
 pub struct Running {
@@ -396,18 +330,17 @@ impl Sim {
         self.kwok_workdir().join("clusters/bookinfo-sim")
     }
 
-    /// A command for `bin` (UP or DOWN) with this state folder, its own download cache, the
-    /// testbed on PATH, run from the repository.
-    pub fn command(&self, bin: &str) -> Command {
-        let mut c = Command::new(bin);
-        c.current_dir(repo())
-            .env("BOOKINFO_UP_STATE_DIR", self.dir())
-            .env("BOOKINFO_UP_CACHE_DIR", self.dir().join("cache"))
-            .env("PATH", &self.path_env)
+    /// `bin` on the sim plan with this state folder, its own download cache, the testbed on
+    /// PATH, run from the repository, the JSON summary on stdout; none of the caller's
+    /// BOOKINFO_UP_LOG, KUBECONFIG or NO_COLOR.
+    pub fn product(&self, bin: Bin) -> crate::common::Product {
+        crate::common::Product::new(bin)
+            .path(&self.path_env)
+            .state(self.dir())
+            .plan(PLAN)
             .env_remove("BOOKINFO_UP_LOG")
             .env_remove("KUBECONFIG")
-            .env_remove("NO_COLOR");
-        c
+            .env_remove("NO_COLOR")
     }
 
     /// `bookinfo-up plans/sim.toml --output json --log-format plain EXTRA` to its end.
@@ -417,18 +350,12 @@ impl Sim {
 
     /// The same, running; holds the port lock until the cluster exists.
     pub fn spawn_up(&self, extra: &[&str]) -> Running {
-        let mut c = self.command(UP);
-        c.arg(PLAN)
-            .args(["--output", "json", "--log-format", "plain"])
-            .args(extra);
+        let c = self.product(Bin::Up).args(extra).command();
         Running::spawn(c, Some(port_lock()))
     }
 
     pub fn down(&self, extra: &[&str]) -> Run {
-        let mut c = self.command(DOWN);
-        c.arg(PLAN)
-            .args(["--output", "json", "--log-format", "plain"])
-            .args(extra);
+        let c = self.product(Bin::Down).args(extra).command();
         Running::spawn(c, None).finish(Duration::from_secs(600))
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Run, Running, Sim, UP, live_slot, testbed};
+use crate::harness::{Bin, Run, Running, Sim, live_slot, testbed};
 
 /// A one-file HTTP server on 127.0.0.1; `stop` closes its port.
 struct Server {
@@ -131,11 +131,13 @@ fn tampered_cached_and_unreachable_remote_manifests() {
     std::fs::write(dir.join("plan.toml"), plan(&url, &sha)).unwrap();
     std::fs::write(dir.join("local.yaml"), LOCAL).unwrap();
     let run = |cache: &Path| -> Run {
-        let mut c = sim.command(UP);
-        c.arg(dir.join("plan.toml"))
-            .args(["--output", "json", "--log-format", "plain", "--kubeconfig"])
-            .arg(sim.kubeconfig())
-            .env("BOOKINFO_UP_CACHE_DIR", cache);
+        let kubeconfig = sim.kubeconfig();
+        let c = sim
+            .product(Bin::Up)
+            .plan(dir.join("plan.toml"))
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+            .env("BOOKINFO_UP_CACHE_DIR", cache)
+            .command();
         Running::spawn(c, None).finish(Duration::from_secs(300))
     };
     let configmap = |name: &str| -> Option<String> {

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::dump::list_stable_objects;
-use crate::harness::{PLAN, Sim, Testbed, kubectl, live_slot, port_lock, testbed};
+use crate::harness::{Bin, Sim, Testbed, kubectl, live_slot, port_lock, testbed};
 
 /// A kwok cluster made by hand, as a user would: kwokctl, one node, admission webhooks off.
 struct HandCluster {
@@ -231,22 +231,14 @@ fn down_on_a_cluster_the_plan_did_not_create_deletes_only_the_plans_objects() {
     // The hand-made cluster runs no istiod (and has webhooks off): the two checks that need a
     // serving istiod, the webhook probe and the sidecars of the Bookinfo pods, are left out
     // (on it they fail, as they must); every step that creates something runs.
-    let run = |bin: &str| {
-        let mut c = sim.command(bin);
-        c.arg(PLAN).args([
-            "--output",
-            "json",
-            "--log-format",
-            "plain",
-            "--kubeconfig",
-            kc,
-        ]);
-        if bin == crate::harness::UP {
-            c.args(["--skip", "webhook-ready", "--skip", "bookinfo-pods"]);
+    let run = |bin: Bin| {
+        let mut run = sim.product(bin).args(["--kubeconfig", kc]);
+        if bin == Bin::Up {
+            run = run.args(["--skip", "webhook-ready", "--skip", "bookinfo-pods"]);
         }
-        crate::harness::Running::spawn(c, None).finish(Duration::from_secs(600))
+        crate::harness::Running::spawn(run.command(), None).finish(Duration::from_secs(600))
     };
-    let up = run(crate::harness::UP);
+    let up = run(Bin::Up);
     assert_eq!(up.code, 0, "up on the hand-made cluster:\n{}", up.stderr);
     assert!(
         !sim.cluster_exists(),
@@ -265,7 +257,7 @@ fn down_on_a_cluster_the_plan_did_not_create_deletes_only_the_plans_objects() {
         "up claimed objects that existed before: {claimed:?}"
     );
 
-    let down = run(crate::harness::DOWN);
+    let down = run(Bin::Down);
     assert_eq!(
         down.code, 0,
         "down on the hand-made cluster:\n{}",
@@ -302,7 +294,7 @@ fn down_on_a_cluster_the_plan_did_not_create_deletes_only_the_plans_objects() {
     );
     let created = during.keys().filter(|k| !before.contains_key(*k)).count();
 
-    let again = run(crate::harness::DOWN);
+    let again = run(Bin::Down);
     assert_eq!(
         again.code, 0,
         "second down on the hand-made cluster:\n{}",

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{PLAN, Running, Sim, UP, live_slot, testbed};
+use crate::harness::{Bin, PLAN, Running, Sim, live_slot, testbed};
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -254,18 +254,16 @@ fn no_key_token_or_certificate_in_logs_or_artifacts() {
     ));
 
     let trace = |plan: &Path, kc: Option<&Path>, artifacts: &Path, junit: &Path| {
-        let mut c = sim.command(UP);
-        c.arg(plan)
-            .args(["--output", "json", "--log-format", "plain", "-vv"])
-            .arg("--artifacts")
-            .arg(artifacts)
-            .arg("--junit")
-            .arg(junit)
+        let mut run = sim
+            .product(Bin::Up)
+            .plan(plan)
+            .args(["-vv", "--artifacts", artifacts.to_str().unwrap()])
+            .args(["--junit", junit.to_str().unwrap()])
             .env("BOOKINFO_UP_LOG", "trace");
         if let Some(kc) = kc {
-            c.arg("--kubeconfig").arg(kc);
+            run = run.args(["--kubeconfig", kc.to_str().unwrap()]);
         }
-        Running::spawn(c, None).finish(Duration::from_secs(600))
+        Running::spawn(run.command(), None).finish(Duration::from_secs(600))
     };
     let mut searched: Vec<(String, String)> = Vec::new();
     let mut account = Vec::new();
