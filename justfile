@@ -55,10 +55,31 @@ test: testbed-ready
     {{testbed_env}}; cargo test --all-targets --no-fail-fast
 
 # Formatting, lints, and no `dbg!`/`todo!` on main
-lint:
+lint: invariants
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
     ! grep -rnE '\b(dbg|todo|unimplemented)!' src tests
+
+# The architecture invariants that a search can check (ARCHITECTURE.md lists each with its
+# command): lines of product code, test modules left out, that break one. Prints them; exit 1.
+invariants:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    shopt -s lastpipe
+    # Product code only: files outside src/**/tests.rs, up to their `#[cfg(test)]`.
+    code() { find src -name '*.rs' ! -name tests.rs "$@" -print0 | xargs -0 awk 'FNR==1{t=0} /^#\[cfg\(test\)\]/{t=1} !t{print FILENAME":"FNR": "$0}'; }
+    bad=0
+    check() { local what=$1 found; found=$(cat); if [ -n "$found" ]; then echo "broken: $what"; echo "$found"; bad=1; else echo "holds:  $what"; fi; }
+    code -path 'src/plan/*' | grep -E 'crate::(kube|process|provider|steps|run)::|reqwest' | check "analysis (src/plan) builds no client, runs no tool, fetches nothing"
+    code | grep -vE '^src/(kube|steps|provider)/' | grep -E 'kube::Api\b|kube::Api<|\.client\.clone\(\)' | check "only kube/, steps/ and provider/ call the API"
+    code ! -path src/process.rs | grep -E 'std::process::Command|duct::|Command::new' | check "every external program runs through process::Tool"
+    code -path 'src/run/*' | grep -E '\be?print(ln)?!' | check "the runner never prints"
+    code | grep -vE '^src/(cli\.rs|bin/)' | grep -E 'crate::cli\b' | check "nothing but the binaries imports cli"
+    code | grep -vE '^src/(session/|cli\.rs)' | grep -E 'crate::session\b' | check "only cli imports session (report, run, steps do not)"
+    code -path 'src/run/*' | grep -E 'crate::steps\b' | check "run does not import steps (it is given a StepWork)"
+    code -path 'src/provider/istiod.rs' | grep -E 'super::kwok|provider::kwok' | check "the istiod provider does not import kwok"
+    code | grep -E 'Tool::new\("kubectl"\)' | check "the product never runs kubectl"
+    exit $bad
 
 # What CI runs after `just testbed`
 ci: lint test
