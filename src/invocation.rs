@@ -36,8 +36,7 @@ pub struct Invocation {
     /// engine's state folder.
     pub target: Overrides,
     /// `--only` and `--skip`, checked against the plan.
-    pub only: BTreeSet<String>,
-    pub skip: BTreeSet<String>,
+    pub select: Selection,
     pub run: RunSettings,
     pub output: OutputSettings,
 }
@@ -143,8 +142,10 @@ impl Invocation {
             plan_arg: args.plan,
             plan,
             target: overrides_of(args.kubeconfig, args.context),
-            only: args.only.into_iter().collect(),
-            skip: args.skip.into_iter().collect(),
+            select: Selection {
+                only: args.only.into_iter().collect(),
+                skip: args.skip.into_iter().collect(),
+            },
             run,
             output,
         })
@@ -157,9 +158,19 @@ impl Invocation {
             None => command.to_string(),
         }
     }
+}
 
-    /// Whether `--only`/`--skip` leave step `id` in.
-    pub fn selected(&self, id: &str) -> bool {
+/// The steps `--only` and `--skip` leave in.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only these (none: all).
+    pub only: BTreeSet<String>,
+    pub skip: BTreeSet<String>,
+}
+
+impl Selection {
+    /// Whether step `id` is left in.
+    pub fn includes(&self, id: &str) -> bool {
         (self.only.is_empty() || self.only.contains(id)) && !self.skip.contains(id)
     }
 }

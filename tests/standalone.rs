@@ -320,3 +320,55 @@ over = "500ms"
         "{stderr}"
     );
 }
+
+/// `--only` and `--skip` fetch only what the chosen steps need: a step left out of a run needs
+/// no remote manifest, so one out of reach (a closed port on 127.0.0.1) stops only the runs
+/// that include its step. The steps are exec steps and the cluster `existing` and unreachable:
+/// nothing here needs an API server.
+#[test]
+fn only_the_chosen_steps_fetch_their_manifests() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/extra.yaml", closed.local_addr().unwrap());
+    drop(closed);
+    std::fs::write(
+        home.path().join("kubeconfig"),
+        crate::common::UNREACHABLE_KUBECONFIG,
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join("plan.toml"),
+        format!(
+            r#"[plan]
+name = "remote"
+[cluster]
+provider = "existing"
+[cluster.existing]
+kubeconfig = "kubeconfig"
+[[step]]
+id = "remote"
+[step.apply]
+urls = [{{ url = "{url}", sha256 = "{zeros}" }}]
+[[step]]
+id = "local"
+[step.exec]
+command = ["true"]
+"#,
+            zeros = "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["plan.toml", "--log-format", "plain"];
+        all.extend(args);
+        run_in(home.path(), BIN, &all).output().unwrap()
+    };
+    for args in [["--only", "local"], ["--skip", "remote"]] {
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = run(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&url), "the whole plan fetches the URL: {err}");
+}

@@ -168,7 +168,7 @@ async fn prepare(
     let kube = kube.map_err(fail)?;
     // Teardown needs the objects of remote manifests too (from the cache when warm).
     let mut plan = plan.clone();
-    fetch_remote(&mut plan, o, &|m| phase("fetch", m))
+    fetch_remote(&mut plan, &inv.select, &|m| phase("fetch", m))
         .await
         .map_err(|e| vec![phase_failure("fetch", e)])?;
     Ok(Teardown::Run(Arc::new(plan), Arc::new(kube), lock))

@@ -51,21 +51,14 @@ async fn prepare(inv: &Invocation) -> Result<Target, i32> {
     tracing::debug!("cluster found");
     let (access, kube) = connect(&plan, &o, &cancel).await?;
     tracing::debug!("client ready");
-    // Steps left out are not looked at: their remote manifests are not fetched either.
-    for step in &mut plan.steps {
-        if !inv.selected(&step.id)
-            && let Action::Apply(apply) = &mut step.action
-        {
-            apply.urls.clear();
-        }
-    }
     let gvks = plan_kinds(&plan);
     // The remote manifests are read and parsed (CPU work) on a task of their own, beside the
     // requests.
     let claimant = provider::ownership::claimant(&plan, &o);
-    let fetch_options = o.clone();
+    // Steps left out are not looked at: their remote manifests are not fetched either.
+    let select = inv.select.clone();
     let fetch = tokio::spawn(async move {
-        let result = fetch_remote(&mut plan, &fetch_options, &|_| {}).await;
+        let result = fetch_remote(&mut plan, &select, &|_| {}).await;
         (plan, result)
     });
     // One read that every later one depends on: whether the API server answers, and whose
@@ -168,7 +161,7 @@ impl Target {
         self.plan
             .steps
             .iter()
-            .filter(|s| inv.selected(&s.id))
+            .filter(|s| inv.select.includes(&s.id))
             .collect()
     }
 

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::invocation::{EXIT_CANCELLED, EXIT_FAILED, Invocation, OutputSettings};
+use crate::invocation::{EXIT_CANCELLED, EXIT_FAILED, Invocation, OutputSettings, Selection};
 use crate::plan::{Action, Plan};
-use crate::provider::{self, Overrides};
+use crate::provider;
 use crate::report::{self, ReportOptions, ReporterKind};
 use crate::run::{Event, Outcome, RunOptions, RunReport, StepReport};
 
@@ -131,8 +131,8 @@ pub(crate) fn run_options(inv: &Invocation, plan: &Plan, reverse: bool) -> RunOp
     RunOptions {
         jobs: inv.run.jobs,
         fail_fast: inv.run.fail_fast,
-        only: inv.only.clone(),
-        skip: inv.skip.clone(),
+        only: inv.select.only.clone(),
+        skip: inv.select.skip.clone(),
         cache_dir: std::env::var_os("BOOKINFO_UP_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(default_cache_dir),
@@ -154,16 +154,20 @@ fn default_cache_dir() -> PathBuf {
     base.join("bookinfo-up/downloads")
 }
 
-/// Fetches and verifies every remote manifest before any step runs.
+/// Fetches and verifies the remote manifests of the steps `select` leaves in, before any step
+/// runs: a step left out of a run needs none (and its URL may be out of reach).
 pub(crate) async fn fetch_remote(
     plan: &mut Plan,
-    _o: &Overrides,
+    select: &Selection,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<(), String> {
     let cache = std::env::var_os("BOOKINFO_UP_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(default_cache_dir);
     for step in &mut plan.steps {
+        if !select.includes(&step.id) {
+            continue;
+        }
         if let Action::Apply(a) = &mut step.action {
             let urls = std::mem::take(&mut a.urls);
             for u in &urls {

@@ -84,7 +84,7 @@ async fn prepare(
     preflight(plan, o, session, findings).await?;
     // Remote manifests are fetched and checked against their pins before any cluster is
     // created or touched: a tampered file stops the run with nothing changed.
-    fetch_remote(plan, o, &|m| phase("fetch", m))
+    fetch_remote(plan, &inv.select, &|m| phase("fetch", m))
         .await
         .map_err(|e| phase_failure("fetch", e))?;
     let progress = |m: String| phase("cluster", m);
