@@ -199,14 +199,40 @@ fn sim_plan_converges_then_goes_away() {
     assert_istiod_validates(&kubeconfig, &path_env);
     assert_analyze_is_clean(&kubeconfig, &path_env);
 
-    // The second run logs every request kube-client sends, to count discovery.
+    // The second run logs every request kube-client sends, to count discovery; and it finds
+    // first on PATH a `helm` that records each call before it runs the real one: a no-op
+    // reads the releases from helm's storage and spawns no helm.
+    let spy = state.path().join("helm-spy");
+    std::fs::create_dir_all(&spy).unwrap();
+    let calls = spy.join("calls");
+    let real = tb.bin.join("helm");
+    std::fs::write(
+        spy.join("helm"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            calls.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(spy.join("helm"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let spied_path = format!("{}:{path_env}", spy.display());
     let second = run(
         up,
         state.path(),
-        &path_env,
+        &spied_path,
         Some("warn,bookinfo_up=info,kube_client=debug"),
     );
     assert_eq!(second.code, 0, "second run failed:\n{}", second.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap_or_default(),
+        "",
+        "a no-op spawns no helm"
+    );
     let discovery = discovery_requests(&second.stderr);
     let asked_twice: Vec<_> = discovery.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
