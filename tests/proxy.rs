@@ -176,9 +176,7 @@ fn proxy_url_is_honoured_by_both_clients() {
         assert!(by_diff > 0, "diff went through the {kind:?} proxy");
     }
     // A proxy that is not there: both fail, so neither went direct above.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = crate::common::closed_port();
     let kubeconfig = state.path().join("kubeconfig-closed");
     with_proxy(
         &cluster.kubeconfig,

@@ -328,9 +328,10 @@ over = "500ms"
 #[test]
 fn only_the_chosen_steps_fetch_their_manifests() {
     let home = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/extra.yaml", closed.local_addr().unwrap());
-    drop(closed);
+    let url = format!(
+        "http://127.0.0.1:{}/extra.yaml",
+        crate::common::closed_port()
+    );
     std::fs::write(
         home.path().join("kubeconfig"),
         crate::common::UNREACHABLE_KUBECONFIG,

@@ -473,6 +473,12 @@ pub fn step_outcomes(summary: &serde_json::Value) -> Option<Vec<(String, String)
     )
 }
 
+/// A port on 127.0.0.1 that nothing listens on (bound by the kernel's choice, then let go).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// Which binary a `Product` run starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bin {
