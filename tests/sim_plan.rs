@@ -217,8 +217,7 @@ fn sim_plan_converges_then_goes_away() {
     .unwrap();
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(spy.join("helm"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(spy.join("helm"), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let spied_path = format!("{}:{path_env}", spy.display());
     let second = run(

