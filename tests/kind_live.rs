@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Testbed, processes_mentioning, step_outcomes, testbed};
+use crate::common::{Bin, Product, Ran, Testbed, processes_mentioning, step_outcomes, testbed};
 
-const UP: &str = env!("CARGO_BIN_EXE_bookinfo-up");
-const DOWN: &str = env!("CARGO_BIN_EXE_bookinfo-down");
+const UP: Bin = Bin::Up;
+const DOWN: Bin = Bin::Down;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The real plan's cluster and its node container.
 const CLUSTER: &str = "bookinfo";
@@ -327,26 +327,33 @@ impl Env<'_> {
         ok(&format!("{program} {}", args.join(" ")), out)
     }
 
-    /// `bookinfo-up`/`bookinfo-down` with the real plan and `args`: exit code, summary.
-    fn product(&self, bin: &str, args: &[&str]) -> (i32, Value, String) {
-        let start = Instant::now();
-        let out = self
-            .cmd(bin)
-            .arg("plans/bookinfo.toml")
-            .args(["--output", "json", "--log-format", "plain"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    /// `bookinfo-up`/`bookinfo-down` with the real plan and `args`, through the tests' builder:
+    /// this test's state folder, variables, dockerd and the testbed on PATH.
+    fn run(&self, bin: Bin, args: &[&str]) -> Ran {
+        let mut run = Product::up(&self.tier.testbed)
+            .then(bin)
+            .plan("plans/bookinfo.toml")
+            .state(self.state.path())
+            .env("DOCKER_HOST", &self.docker_host)
+            .env("NO_COLOR", "1")
+            .args(args);
+        for (k, v) in &self.vars {
+            run = run.var(k, v);
+        }
+        let ran = run.run();
         eprintln!(
-            "{} plans/bookinfo.toml {} -> exit {:?} in {:.1} s",
-            Path::new(bin).file_name().unwrap().to_string_lossy(),
+            "{bin:?} plans/bookinfo.toml {} -> exit {} in {:.1} s",
             args.join(" "),
-            out.status.code(),
-            start.elapsed().as_secs_f64()
+            ran.code,
+            ran.secs
         );
-        let summary = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap_or(-1), summary, stderr)
+        ran
+    }
+
+    /// The same: exit code, summary, stderr.
+    fn product(&self, bin: Bin, args: &[&str]) -> (i32, Value, String) {
+        let ran = self.run(bin, args);
+        (ran.code, ran.summary, ran.stderr)
     }
 }
 
@@ -408,6 +415,13 @@ fn ran(summary: &Value) -> Vec<(String, String)> {
 /// Starts the tier's dockerd, then has the real plan's cluster phase create the cluster,
 /// with `extra` variables overridden besides `base_vars`.
 fn start(tier: &Tier, extra: Vec<(String, String)>) -> (Dockerd, Env<'_>) {
+    let (dockerd, env) = start_empty(tier, extra);
+    create_cluster(&env);
+    (dockerd, env)
+}
+
+/// Starts the tier's dockerd; no cluster yet, and an empty state folder.
+fn start_empty(tier: &Tier, extra: Vec<(String, String)>) -> (Dockerd, Env<'_>) {
     let dockerd = Dockerd::start();
     let mut vars = base_vars(tier);
     vars.extend(extra);
@@ -420,7 +434,6 @@ fn start(tier: &Tier, extra: Vec<(String, String)>) -> (Dockerd, Env<'_>) {
             .unwrap(),
         vars,
     };
-    create_cluster(&env);
     (dockerd, env)
 }
 
@@ -1069,4 +1082,84 @@ fn get_until_ok(port: u16, path: &str, limit: Duration) -> (String, String) {
         pause = (pause * 2).min(Duration::from_millis(3200));
     }
     panic!("http://127.0.0.1:{port}{path} does not answer 200 in 40 tries");
+}
+
+/// Nothing that deletes guesses, on a real kind cluster: one made by hand with the plan's
+/// name (`kind create cluster --name bookinfo`, the tier's node image, no config of ours),
+/// reached with an empty state folder, carries no owner marker, so `bookinfo-down` refuses to
+/// delete it, saying why and how to go on, and `bookinfo-up` refuses to take it over without
+/// `--adopt`; stopped, it does not answer, and `bookinfo-down` refuses again; `--force`
+/// deletes it.
+#[test]
+#[ignore = "needs the kind tier: `just kind-test`"]
+fn kind_live_a_cluster_made_by_hand_is_never_deleted_unasked() {
+    let Some(tier) = kind_tier() else { return };
+    let (dockerd, env) = start_empty(&tier, Vec::new());
+    let by_hand = env.state.path().join("by-hand.kubeconfig");
+    env.tool(
+        "kind",
+        &[
+            "create",
+            "cluster",
+            "--name",
+            CLUSTER,
+            "--image",
+            &tier.node_image,
+            "--kubeconfig",
+            by_hand.to_str().unwrap(),
+            "--wait",
+            "120s",
+        ],
+    );
+    let exists = || env.tool("kind", &["get", "clusters"]).trim() == CLUSTER;
+    assert!(exists());
+
+    let refused = env.run(DOWN, &[]);
+    let cause = refused.cause("cluster");
+    eprintln!("bookinfo-down on a kind cluster made by hand:\n{cause}");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        cause.contains("kind cluster `bookinfo` carries no owner marker")
+            && cause.contains("nothing was deleted")
+            && cause.contains("`bookinfo-down plans/bookinfo.toml --force` deletes it anyway"),
+        "{cause}"
+    );
+    assert!(exists(), "the cluster made by hand is still there");
+
+    let refused = env.run(UP, &["--only", "bookinfo-namespace"]);
+    let cause = refused.cause("cluster");
+    eprintln!("bookinfo-up on it:\n{cause}");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(cause.contains("--adopt` marks it"), "{cause}");
+    let marker = env.kubectl_any("-n kube-system get configmap bookinfo-up-owner");
+    assert!(!marker.0, "a refused up writes no marker: {}", marker.1);
+    let namespaces = env.kubectl("get namespaces -o name");
+    assert!(
+        !namespaces.contains("namespace/bookinfo"),
+        "a refused up changes nothing: {namespaces}"
+    );
+
+    env.tool("docker", &["stop", NODE]);
+    let refused = env.run(DOWN, &[]);
+    let cause = refused.cause("cluster");
+    eprintln!("bookinfo-down on it, stopped:\n{cause}");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        cause.contains("does not answer, so its owner marker cannot be read: nothing was deleted")
+            && cause.contains(&format!("`docker start {NODE}`")),
+        "{cause}"
+    );
+    assert!(exists(), "the stopped cluster is still there");
+
+    let forced = env.run(DOWN, &["--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(forced.outcome("cluster"), "changed");
+    let said = env.cmd("kind").args(["get", "clusters"]).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&said.stdout),
+        String::from_utf8_lossy(&said.stderr)
+    );
+    assert!(said.contains("No kind clusters found"), "{said}");
+    dockerd.stop_and_check();
 }
