@@ -41,8 +41,9 @@ pub enum Ownership {
     /// The API server answers, and the cluster carries neither the marker nor a record of
     /// ours: someone else made it.
     Unmarked,
-    /// The API server does not answer (or cannot be reached): nothing could be read.
-    Unreachable(String),
+    /// The API server does not answer (or cannot be reached): nothing could be read. `existing`:
+    /// a cluster reached as `existing`, which the engine does not start.
+    Unreachable { cause: String, existing: bool },
     /// A cluster the plan reaches as `existing` (`--kubeconfig`, `--context`, or the plan's
     /// provider): the engine never marks or deletes it; objects are judged by their labels.
     Existing,
@@ -105,8 +106,8 @@ pub fn judge(
              anyway",
             plan.name
         )),
-        (Ownership::Unreachable(_), Intent::Down { force: true }) => Ok(Verdict::Proceed),
-        (Ownership::Unreachable(cause), intent) => {
+        (Ownership::Unreachable { .. }, Intent::Down { force: true }) => Ok(Verdict::Proceed),
+        (Ownership::Unreachable { cause, existing }, intent) => {
             let then = match intent {
                 Intent::Down { .. } => {
                     format!("; or `{rerun} --force` deletes it without reading the marker")
@@ -118,17 +119,25 @@ pub fn judge(
                 Intent::Up { .. } => "nothing was changed",
                 Intent::Inspect => "nothing could be compared",
             };
+            let (kind, start) = if *existing {
+                (
+                    "existing",
+                    "check the kubeconfig's server and credentials".to_string(),
+                )
+            } else {
+                (kind, start_hint(plan))
+            };
             unproven(format!(
                 "the API server of {kind} cluster `{cluster}` does not answer, so its owner \
-                 marker cannot be read: {what}\n  = help: start the cluster ({}), then run \
-                 `{rerun}` again{then}\n  = cause: {cause}",
-                start_hint(plan)
+                 marker cannot be read: {what}\n  = help: start the cluster ({start}), then run \
+                 `{rerun}` again{then}\n  = cause: {cause}"
             ))
         }
     }
 }
 
-/// How a stopped cluster of the plan's provider is started again.
+/// How a stopped cluster of the plan's provider is started again (an existing cluster is not
+/// the engine's to start: `judge` says so itself).
 fn start_hint(plan: &Plan) -> String {
     let name = &plan.cluster.name;
     match plan.cluster.provider {
@@ -152,7 +161,12 @@ pub fn claimant(plan: &Plan, o: &Overrides) -> (String, Option<PathBuf>) {
 pub async fn ownership(kube: &Kube, (plan, dir): &(String, Option<PathBuf>)) -> Ownership {
     let owner = match owner(kube).await {
         Ok(owner) => owner,
-        Err(e) => return Ownership::Unreachable(e.to_string()),
+        Err(e) => {
+            return Ownership::Unreachable {
+                cause: e.to_string(),
+                existing: dir.is_none(),
+            };
+        }
     };
     let Some(dir) = dir else {
         return Ownership::Existing;
@@ -372,7 +386,10 @@ mod tests {
                 .contains("`bookinfo-up p.toml --adopt` marks it")
         );
         assert!(judge(&Ownership::Unmarked, &p, Intent::Inspect, rerun).is_err());
-        let unreachable = Ownership::Unreachable("connection refused".into());
+        let unreachable = Ownership::Unreachable {
+            cause: "connection refused".into(),
+            existing: false,
+        };
         let refused = judge(&unreachable, &p, down, rerun)
             .unwrap_err()
             .to_string();
@@ -387,6 +404,18 @@ mod tests {
             Verdict::Proceed
         );
         assert!(judge(&unreachable, &p, up, rerun).is_err());
+        let gone = Ownership::Unreachable {
+            cause: "connection refused".into(),
+            existing: true,
+        };
+        let refused = judge(&gone, &p, Intent::Inspect, rerun)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("the API server of existing cluster `demo` does not answer")
+                && refused.contains("check the kubeconfig's server and credentials"),
+            "a kind plan run with --kubeconfig: {refused}"
+        );
         assert!(
             judge(&unreachable, &plan("kwok"), down, rerun)
                 .unwrap_err()

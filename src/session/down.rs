@@ -135,7 +135,10 @@ async fn prepare(
         Ok(kube) => {
             provider::ownership::ownership(kube, &provider::ownership::claimant(plan, o)).await
         }
-        Err(e) => provider::Ownership::Unreachable(e.clone()),
+        Err(e) => provider::Ownership::Unreachable {
+            cause: e.clone(),
+            existing: !managed,
+        },
     };
     let intent = provider::Intent::Down {
         force: options.force,
