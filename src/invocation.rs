@@ -30,10 +30,11 @@ pub struct Invocation {
     pub source: PlanSource,
     /// PLAN as the user wrote it, for the command lines that messages suggest.
     pub plan_arg: Option<PathBuf>,
-    /// The plan, loaded and analyzed.
+    /// The plan, loaded and analyzed, its provider the one the run uses: `existing` when
+    /// `--kubeconfig` or `--context` is given.
     pub plan: Plan,
-    /// Where the cluster is: `--kubeconfig`/`--context` (which make it `existing`), and the
-    /// engine's state folder.
+    /// The engine's state folder. (Where the cluster is, `--kubeconfig` and `--context`
+    /// included, is the plan's provider.)
     pub target: Overrides,
     /// `--only` and `--skip`, checked against the plan.
     pub select: Selection,
@@ -109,7 +110,7 @@ impl Invocation {
         run: RunSettings,
         output: OutputSettings,
     ) -> Result<Option<Self>, i32> {
-        let target = overrides_of(args.kubeconfig.clone(), args.context.clone());
+        let target = target();
         match plan_for_down(args.plan.as_deref(), &target) {
             Ok(Some(source)) => Self::with_source(source, args, run, output).map(Some),
             Ok(None) => {
@@ -132,7 +133,11 @@ impl Invocation {
         run: RunSettings,
         output: OutputSettings,
     ) -> Result<Self, i32> {
-        let plan = load_plan(&source.path).ok_or(EXIT_USAGE)?;
+        let mut plan = load_plan(&source.path).ok_or(EXIT_USAGE)?;
+        // The provider the run uses, worked out once: `--kubeconfig`/`--context` make it
+        // `existing`.
+        plan.cluster.provider =
+            provider::effective(&plan.cluster.provider, args.kubeconfig, args.context);
         check_ids(&plan, &args.only, &args.skip).map_err(|e| {
             eprintln!("{e}");
             EXIT_USAGE
@@ -141,7 +146,7 @@ impl Invocation {
             source,
             plan_arg: args.plan,
             plan,
-            target: overrides_of(args.kubeconfig, args.context),
+            target: target(),
             select: Selection {
                 only: args.only.into_iter().collect(),
                 skip: args.skip.into_iter().collect(),
@@ -238,10 +243,9 @@ pub fn load_plan(path: &std::path::Path) -> Option<Plan> {
     }
 }
 
-fn overrides_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Overrides {
+/// The engine's state folder, from the environment.
+fn target() -> Overrides {
     Overrides {
-        kubeconfig,
-        context,
         state_dir: provider::default_state_dir(),
     }
 }
@@ -314,8 +318,6 @@ mod tests {
 
     fn overrides_at(state: &Path) -> Overrides {
         Overrides {
-            kubeconfig: None,
-            context: None,
             state_dir: state.to_path_buf(),
         }
     }

@@ -120,12 +120,10 @@ impl From<crate::process::ToolError> for ProviderError {
     }
 }
 
-/// Options from the command line that affect providers.
+/// Where the engine keeps what it knows of clusters: kubeconfigs, provider work folders,
+/// records, locks.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// `--kubeconfig`/`--context`: run against this cluster as `existing`, whatever the plan says.
-    pub kubeconfig: Option<PathBuf>,
-    pub context: Option<String>,
     /// Where the engine keeps kubeconfigs and provider work folders.
     pub state_dir: PathBuf,
 }
@@ -145,28 +143,33 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".local/state/bookinfo-up")
 }
 
-/// The provider the run actually uses, after command-line overrides.
-pub fn effective(plan: &Plan, o: &Overrides) -> Provider {
-    if o.kubeconfig.is_some() || o.context.is_some() {
-        let (kubeconfig, context) = match &plan.cluster.provider {
-            Provider::Existing {
-                kubeconfig,
-                context,
-            } => (kubeconfig.clone(), context.clone()),
-            _ => (None, None),
-        };
-        return Provider::Existing {
-            kubeconfig: o.kubeconfig.clone().or(kubeconfig),
-            context: o.context.clone().or(context),
-        };
+/// The provider a run uses: the plan's, or `existing` when `--kubeconfig` or `--context` is
+/// given (keeping what an `existing` plan names and the command line does not). Worked out
+/// once, when the command line becomes an `Invocation`, which puts it in the plan it holds.
+pub fn effective(
+    provider: &Provider,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> Provider {
+    if kubeconfig.is_none() && context.is_none() {
+        return provider.clone();
     }
-    plan.cluster.provider.clone()
+    let (planned_kubeconfig, planned_context) = match provider {
+        Provider::Existing {
+            kubeconfig,
+            context,
+        } => (kubeconfig.clone(), context.clone()),
+        _ => (None, None),
+    };
+    Provider::Existing {
+        kubeconfig: kubeconfig.or(planned_kubeconfig),
+        context: context.or(planned_context),
+    }
 }
 
-/// Whether the engine makes (and may delete) the run's cluster: any provider but `existing`,
-/// after command-line overrides.
-pub fn managed(plan: &Plan, o: &Overrides) -> bool {
-    !matches!(effective(plan, o), Provider::Existing { .. })
+/// Whether the engine makes (and may delete) the run's cluster: any provider but `existing`.
+pub fn managed(plan: &Plan) -> bool {
+    !matches!(plan.cluster.provider, Provider::Existing { .. })
 }
 
 /// The folder holding this cluster's kubeconfig and work files.
@@ -214,7 +217,7 @@ async fn lists_cluster(
 
 /// Logs of the cluster's own processes that no pod holds: a kwok cluster's istiod.
 pub fn cluster_logs(plan: &Plan, o: &Overrides) -> Vec<PathBuf> {
-    match effective(plan, o) {
+    match plan.cluster.provider.clone() {
         Provider::Kwok {
             istiod: Some(_), ..
         } => vec![kwok::component_log(
@@ -270,8 +273,8 @@ pub fn recorded_plans(state_dir: &Path) -> Vec<(String, PlanRecord)> {
 
 /// Checks preconditions before anything is created. Providers other than kind report
 /// errors only.
-pub async fn preflight(plan: &Plan, o: &Overrides, cancel: &CancellationToken) -> Findings {
-    let mut found = match effective(plan, o) {
+pub async fn preflight(plan: &Plan, cancel: &CancellationToken) -> Findings {
+    let mut found = match plan.cluster.provider.clone() {
         Provider::Kind {
             port_mappings,
             min_memory_bytes,
@@ -315,7 +318,7 @@ pub async fn ensure(
     cancel: &CancellationToken,
 ) -> Result<Access, ProviderError> {
     let dir = cluster_dir(plan, o);
-    let provider = effective(plan, o);
+    let provider = plan.cluster.provider.clone();
     // kind and kwok keep their kubeconfig and work files in the cluster's state folder.
     if !matches!(provider, Provider::Existing { .. }) {
         std::fs::create_dir_all(&dir).map_err(|e| ProviderError::Tool {
@@ -370,7 +373,7 @@ pub async fn exists(
     o: &Overrides,
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
-    match effective(plan, o) {
+    match plan.cluster.provider.clone() {
         Provider::Kind { .. } => kind::exists(&plan.cluster.name, cancel).await,
         Provider::Kwok { .. } => {
             kwok::exists(&plan.cluster.name, &cluster_dir(plan, o), cancel).await
@@ -389,7 +392,7 @@ pub async fn access(
 ) -> Result<Access, ProviderError> {
     let dir = cluster_dir(plan, o);
     let kubeconfig = dir.join("kubeconfig");
-    let context = match effective(plan, o) {
+    let context = match plan.cluster.provider.clone() {
         Provider::Existing {
             kubeconfig,
             context,
@@ -426,7 +429,7 @@ pub async fn delete(
     cancel: &CancellationToken,
 ) -> Result<bool, ProviderError> {
     let dir = cluster_dir(plan, o);
-    match effective(plan, o) {
+    match plan.cluster.provider.clone() {
         Provider::Kind { .. } => kind::delete(&plan.cluster.name, &dir, progress, cancel).await,
         Provider::Kwok { .. } => kwok::delete(&plan.cluster.name, &dir, progress, cancel).await,
         Provider::Existing { .. } => Ok(false),

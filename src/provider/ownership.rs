@@ -152,7 +152,7 @@ fn start_hint(plan: &Plan) -> String {
 pub fn claimant(plan: &Plan, o: &Overrides) -> (String, Option<PathBuf>) {
     (
         plan.name.clone(),
-        super::managed(plan, o).then(|| cluster_dir(plan, o)),
+        super::managed(plan).then(|| cluster_dir(plan, o)),
     )
 }
 
@@ -258,7 +258,7 @@ pub async fn lock(
     progress: &dyn Fn(String),
     cancel: &CancellationToken,
 ) -> Result<Option<ClusterLock>, ProviderError> {
-    if !super::managed(plan, o) {
+    if !super::managed(plan) {
         return Ok(None);
     }
     let path = lock_path(plan, o);
@@ -438,8 +438,6 @@ mod tests {
     async fn a_second_run_waits_for_the_lock_and_says_so() {
         let state = tempfile::tempdir().unwrap();
         let o = Overrides {
-            kubeconfig: None,
-            context: None,
             state_dir: state.path().to_path_buf(),
         };
         let p = plan("kwok");
@@ -475,12 +473,12 @@ mod tests {
             Err(ProviderError::Cancelled)
         ));
         drop(held);
-        let existing = Overrides {
-            context: Some("elsewhere".into()),
-            ..o.clone()
-        };
+        // As `--context elsewhere` makes it (see `Invocation`).
+        let mut existing = p.clone();
+        existing.cluster.provider =
+            super::super::effective(&p.cluster.provider, None, Some("elsewhere".into()));
         assert!(
-            lock(&p, &existing, "up", &|_| {}, &cancel)
+            lock(&existing, &o, "up", &|_| {}, &cancel)
                 .await
                 .unwrap()
                 .is_none(),

@@ -22,9 +22,8 @@ enum Teardown {
 /// Runs `bookinfo-down` to its exit code.
 pub async fn down(inv: Invocation, options: DownOptions) -> i32 {
     let plan = &inv.plan;
-    let delete_cluster = provider::managed(plan, &inv.target)
-        && plan.teardown.delete_cluster
-        && !options.keep_cluster;
+    let delete_cluster =
+        provider::managed(plan) && plan.teardown.delete_cluster && !options.keep_cluster;
     if inv.run.dry_run {
         print_dry_run(plan, delete_cluster);
         return 0;
@@ -107,7 +106,7 @@ async fn prepare(
         .await
         .map_err(|e| fail(e.to_string()))?;
     let dir = provider::cluster_dir(plan, o);
-    let managed = provider::managed(plan, o);
+    let managed = provider::managed(plan);
     if managed
         && !provider::exists(plan, o, cancel)
             .await

@@ -101,7 +101,7 @@ async fn prepare(inv: &Invocation) -> Result<Target, i32> {
 /// tell); `Err` is the exit code, the reason printed.
 async fn found(inv: &Invocation, cancel: &CancellationToken) -> Result<(), i32> {
     let (plan, o) = (&inv.plan, &inv.target);
-    if !provider::managed(plan, o) {
+    if !provider::managed(plan) {
         return Ok(());
     }
     let cluster = &plan.cluster.name;

@@ -81,7 +81,7 @@ async fn prepare(
     let lock = provider::lock(plan, o, "up", &|m| phase("cluster", m), cancel)
         .await
         .map_err(|e| phase_failure("cluster", e.to_string()))?;
-    preflight(plan, o, session, findings).await?;
+    preflight(plan, session, findings).await?;
     // Remote manifests are fetched and checked against their pins before any cluster is
     // created or touched: a tampered file stops the run with nothing changed.
     fetch_remote(plan, &inv.select, &|m| phase("fetch", m))
@@ -117,7 +117,6 @@ async fn prepare(
 /// its fix, so that they are shown once.
 async fn preflight(
     plan: &Plan,
-    o: &provider::Overrides,
     session: &Session,
     findings: &std::sync::Mutex<Findings>,
 ) -> Result<(), Box<crate::run::StepReport>> {
@@ -125,7 +124,7 @@ async fn preflight(
         "preflight",
         "checking tools and the cluster's preconditions".into(),
     );
-    let found = provider::preflight(plan, o, &session.cancel).await;
+    let found = provider::preflight(plan, &session.cancel).await;
     let tx = session.events();
     for problem in &found.warnings {
         let _ = tx.send(Event::Problem {
@@ -222,7 +221,7 @@ async fn run_steps(
 /// a cluster the engine made. An existing cluster has no folder of ours, and no ledger: `diff`
 /// dry-runs every object there.
 pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> Option<std::path::PathBuf> {
-    provider::managed(plan, o).then(|| provider::cluster_dir(plan, o).join("applied.json"))
+    provider::managed(plan).then(|| provider::cluster_dir(plan, o).join("applied.json"))
 }
 
 /// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,
