@@ -145,27 +145,8 @@ async fn prepare(
     provider::judge(&ownership, plan, intent, &inv.rerun("bookinfo-down"))
         .map_err(|e| fail(e.to_string()))?;
     if managed && plan.teardown.delete_cluster && !options.keep_cluster {
-        let proven = matches!(
-            ownership,
-            provider::Ownership::Marked | provider::Ownership::Created
-        );
-        if !proven {
-            let name = &plan.cluster.name;
-            phase(
-                "cluster",
-                format!("deleting cluster `{name}` unproven (--force)"),
-            );
-        }
-        let t = Instant::now();
-        let deleted = provider::delete(plan, o, &|m| phase("cluster", m), cancel)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        provider::ownership::forget_creation(&dir);
-        return Ok(Teardown::Done(vec![cluster_report(
-            plan,
-            deleted,
-            t.elapsed(),
-        )]));
+        let deleted = delete(inv, &ownership, session).await.map_err(fail)?;
+        return Ok(Teardown::Done(vec![deleted]));
     }
     let kube = kube.map_err(fail)?;
     // Teardown needs the objects of remote manifests too (from the cache when warm).
@@ -174,6 +155,30 @@ async fn prepare(
         .await
         .map_err(|e| vec![phase_failure("fetch", e)])?;
     Ok(Teardown::Run(Arc::new(plan), Arc::new(kube), lock))
+}
+
+/// Deletes the cluster that `judge` let `down` delete (proven the plan's, or `--force`d).
+async fn delete(
+    inv: &Invocation,
+    ownership: &provider::Ownership,
+    session: &Session,
+) -> Result<StepReport, String> {
+    let (plan, o) = (&inv.plan, &inv.target);
+    let phase = |message: String| session.phase("cluster", message);
+    let proven = matches!(
+        ownership,
+        provider::Ownership::Marked | provider::Ownership::Created
+    );
+    if !proven {
+        let name = &plan.cluster.name;
+        phase(format!("deleting cluster `{name}` unproven (--force)"));
+    }
+    let t = Instant::now();
+    let deleted = provider::delete(plan, o, &phase, &session.cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    provider::ownership::forget_creation(&provider::cluster_dir(plan, o));
+    Ok(cluster_report(plan, deleted, t.elapsed()))
 }
 
 /// The cluster phase's report: the cluster deleted, or already gone.
