@@ -41,9 +41,8 @@ pub enum Ownership {
     /// The API server answers, and the cluster carries neither the marker nor a record of
     /// ours: someone else made it.
     Unmarked,
-    /// The API server does not answer (or cannot be reached): nothing could be read. `existing`:
-    /// a cluster reached as `existing`, which the engine does not start.
-    Unreachable { cause: String, existing: bool },
+    /// The API server does not answer (or cannot be reached): nothing could be read.
+    Unreachable(String),
     /// A cluster the plan reaches as `existing` (`--kubeconfig`, `--context`, or the plan's
     /// provider): the engine never marks or deletes it; objects are judged by their labels.
     Existing,
@@ -106,8 +105,8 @@ pub fn judge(
              anyway",
             plan.name
         )),
-        (Ownership::Unreachable { .. }, Intent::Down { force: true }) => Ok(Verdict::Proceed),
-        (Ownership::Unreachable { cause, existing }, intent) => {
+        (Ownership::Unreachable(_), Intent::Down { force: true }) => Ok(Verdict::Proceed),
+        (Ownership::Unreachable(cause), intent) => {
             let then = match intent {
                 Intent::Down { .. } => {
                     format!("; or `{rerun} --force` deletes it without reading the marker")
@@ -119,14 +118,7 @@ pub fn judge(
                 Intent::Up { .. } => "nothing was changed",
                 Intent::Inspect => "nothing could be compared",
             };
-            let (kind, start) = if *existing {
-                (
-                    "existing",
-                    "check the kubeconfig's server and credentials".to_string(),
-                )
-            } else {
-                (kind, start_hint(plan))
-            };
+            let start = start_hint(plan);
             unproven(format!(
                 "the API server of {kind} cluster `{cluster}` does not answer, so its owner \
                  marker cannot be read: {what}\n  = help: start the cluster ({start}), then run \
@@ -136,8 +128,8 @@ pub fn judge(
     }
 }
 
-/// How a stopped cluster of the plan's provider is started again (an existing cluster is not
-/// the engine's to start: `judge` says so itself).
+/// How a stopped cluster of the plan's provider (the one the run uses: `existing` with
+/// `--kubeconfig`/`--context`) is started again.
 fn start_hint(plan: &Plan) -> String {
     let name = &plan.cluster.name;
     match plan.cluster.provider {
@@ -161,12 +153,7 @@ pub fn claimant(plan: &Plan, o: &Overrides) -> (String, Option<PathBuf>) {
 pub async fn ownership(kube: &Kube, (plan, dir): &(String, Option<PathBuf>)) -> Ownership {
     let owner = match owner(kube).await {
         Ok(owner) => owner,
-        Err(e) => {
-            return Ownership::Unreachable {
-                cause: e.to_string(),
-                existing: dir.is_none(),
-            };
-        }
+        Err(e) => return Ownership::Unreachable(e.to_string()),
     };
     let Some(dir) = dir else {
         return Ownership::Existing;
@@ -386,10 +373,7 @@ mod tests {
                 .contains("`bookinfo-up p.toml --adopt` marks it")
         );
         assert!(judge(&Ownership::Unmarked, &p, Intent::Inspect, rerun).is_err());
-        let unreachable = Ownership::Unreachable {
-            cause: "connection refused".into(),
-            existing: false,
-        };
+        let unreachable = Ownership::Unreachable("connection refused".into());
         let refused = judge(&unreachable, &p, down, rerun)
             .unwrap_err()
             .to_string();
@@ -404,11 +388,11 @@ mod tests {
             Verdict::Proceed
         );
         assert!(judge(&unreachable, &p, up, rerun).is_err());
-        let gone = Ownership::Unreachable {
-            cause: "connection refused".into(),
-            existing: true,
-        };
-        let refused = judge(&gone, &p, Intent::Inspect, rerun)
+        // A kind plan run with `--kubeconfig`: `Invocation` made its provider `existing`.
+        let mut existing = p.clone();
+        existing.cluster.provider =
+            super::super::effective(&p.cluster.provider, Some("k".into()), None);
+        let refused = judge(&unreachable, &existing, Intent::Inspect, rerun)
             .unwrap_err()
             .to_string();
         assert!(

@@ -134,10 +134,7 @@ async fn prepare(
         Ok(kube) => {
             provider::ownership::ownership(kube, &provider::ownership::claimant(plan, o)).await
         }
-        Err(e) => provider::Ownership::Unreachable {
-            cause: e.clone(),
-            existing: !managed,
-        },
+        Err(e) => provider::Ownership::Unreachable(e.clone()),
     };
     let intent = provider::Intent::Down {
         force: options.force,
