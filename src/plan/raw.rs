@@ -19,6 +19,7 @@ pub struct RawPlan {
     pub vars: BTreeMap<String, Spanned<RawVar>>,
     pub cluster: Option<Spanned<RawCluster>>,
     pub teardown: Option<RawTeardown>,
+    pub prune: Option<RawPrune>,
     #[serde(default)]
     pub step: Vec<Spanned<RawStep>>,
 }
@@ -147,6 +148,18 @@ pub struct RawTeardown {
     pub timeout: Option<S>,
 }
 
+/// `[prune]`: what `up` does with objects of the plan's ApplySet that the plan no longer has.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrune {
+    /// Delete them (default true); `up --no-prune` turns it off for one run.
+    pub enabled: Option<bool>,
+    /// CRDs too, with every custom resource of them (default false).
+    pub crds: Option<bool>,
+    /// Even when the plan asks for no object at all (default false).
+    pub empty: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -158,6 +171,8 @@ pub struct RawStep {
     pub retries: Option<Spanned<u32>>,
     /// First delay between retries; doubles on each retry.
     pub backoff: Option<S>,
+    /// Why the step does not run (interpolated); empty or absent: it runs.
+    pub skip: Option<S>,
     pub helm: Option<Spanned<RawHelm>>,
     pub apply: Option<Spanned<RawApply>>,
     pub namespace: Option<Spanned<RawNamespace>>,
@@ -221,6 +236,7 @@ impl RawStep {
             timeout: _,
             retries: _,
             backoff: _,
+            skip: _,
             helm,
             apply,
             namespace,

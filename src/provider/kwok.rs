@@ -363,16 +363,26 @@ async fn ensure_nodes(
     controller_log: &Path,
 ) -> Result<(), ProviderError> {
     let api: kube::Api<Node> = kube::Api::all(kube.client.clone());
-    for i in 0..count {
-        let name = format!("kwok-node-{i}");
-        if api
-            .get_opt(&name)
-            .await
-            .map_err(crate::error::StepError::from)?
-            .is_some()
-        {
+    // One LIST says which nodes exist and which are Ready already (on every run but the
+    // first, all of them: nothing more to ask).
+    let listed = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(crate::error::StepError::from)?;
+    let existing: std::collections::BTreeMap<String, bool> = listed
+        .items
+        .iter()
+        .map(|n| (n.metadata.name.clone().unwrap_or_default(), node_ready(n)))
+        .collect();
+    let wanted: Vec<String> = (0..count).map(|i| format!("kwok-node-{i}")).collect();
+    if wanted.iter().all(|n| existing.get(n) == Some(&true)) {
+        return Ok(());
+    }
+    for name in &wanted {
+        if existing.contains_key(name) {
             continue;
         }
+        let name = name.clone();
         let node: Node = serde_json::from_value(node_manifest(&name, shape)).expect("a valid Node");
         api.patch(
             &name,

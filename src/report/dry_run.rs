@@ -75,6 +75,9 @@ fn step_header(plan: &Plan, step: &Step) -> String {
         }
         settings.push(retries);
     }
+    if let Some(why) = &step.skip {
+        settings.push(format!("skipped by the plan: {why}"));
+    }
     let mut header = format!("{} ({})", step.id, step.kind());
     if !settings.is_empty() {
         header.push(' ');
@@ -180,6 +183,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             retries: 0,
             backoff: DEFAULT_BACKOFF,
+            skip: None,
             action,
         }
     }
@@ -243,6 +247,7 @@ mod tests {
                 delete_cluster: true,
                 timeout: DEFAULT_TIMEOUT,
             },
+            prune: crate::plan::Prune::default(),
             steps: vec![
                 step(
                     "istio-system",

@@ -67,6 +67,12 @@ pub struct StatusReport {
     pub steps: Vec<StepStatus>,
     pub releases: Vec<ReleaseStatus>,
     pub unhealthy: crate::kube::health::Unhealthy,
+    /// Members of the plan's ApplySet (and helm releases it installed) that the plan no
+    /// longer has and a run deletes.
+    pub orphaned: Vec<String>,
+    /// Members the plan no longer has that a run keeps, each with why (opted out, a CRD, a
+    /// step left out...): listed, not counted against convergence.
+    pub kept: Vec<String>,
     pub next: crate::run::NextSteps,
 }
 
@@ -269,6 +275,11 @@ pub fn status_text(r: &StatusReport, color: bool) -> String {
     for (title, items) in [
         ("Deployments not available", &r.unhealthy.deployments),
         ("pods not ready", &r.unhealthy.pods),
+        (
+            "orphaned: no longer in the plan, a run prunes them",
+            &r.orphaned,
+        ),
+        ("no longer in the plan, kept", &r.kept),
     ] {
         if items.is_empty() {
             continue;
@@ -299,6 +310,13 @@ pub fn status_text(r: &StatusReport, color: bool) -> String {
             parts.push(format!(
                 "{bad_releases} release{} not deployed",
                 plural(bad_releases)
+            ));
+        }
+        if !r.orphaned.is_empty() {
+            parts.push(format!(
+                "{} orphaned object{}",
+                r.orphaned.len(),
+                plural(r.orphaned.len())
             ));
         }
         let unhealthy = r.unhealthy.deployments.len() + r.unhealthy.pods.len();
@@ -439,6 +457,10 @@ mod tests {
                         .into(),
                 ],
             },
+            orphaned: vec!["VirtualService bookinfo/reviews-canary".into()],
+            kept: vec![
+                "CustomResourceDefinition wasmplugins.extensions.istio.io: a CRD: deleting it deletes all its custom resources; `[prune] crds = true` allows it".into(),
+            ],
             next: crate::run::NextSteps {
                 kubeconfig: "/state/kubeconfig".into(),
                 context: None,

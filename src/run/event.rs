@@ -27,6 +27,8 @@ pub enum Outcome {
 /// Why a step did not run (or stopped without an outcome of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
+    /// The plan's `skip` setting says why it does not run.
+    ByPlan(String),
     /// `--skip` names it.
     LeftOut,
     /// `--only` names other steps.
@@ -52,6 +54,7 @@ pub enum SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SkipReason::ByPlan(why) => write!(f, "skipped by the plan: {why}"),
             SkipReason::LeftOut => f.write_str("left out by --skip"),
             SkipReason::NotSelected => f.write_str("not selected by --only"),
             SkipReason::Blocked {

@@ -131,10 +131,13 @@ impl Runner {
         d
     }
 
-    /// Steps left out by --only / --skip: reported skipped, and done for their dependents.
+    /// Steps left out by the plan's `skip`, --only or --skip: reported skipped, and done for
+    /// their dependents.
     fn leave_out(&self, walk: &mut Walk) {
         for (i, s) in self.plan.steps.iter().enumerate() {
-            let reason = if self.opts.skip.contains(&s.id) {
+            let reason = if let Some(why) = &s.skip {
+                SkipReason::ByPlan(why.clone())
+            } else if self.opts.skip.contains(&s.id) {
                 SkipReason::LeftOut
             } else if !self.opts.only.is_empty() && !self.opts.only.contains(&s.id) {
                 SkipReason::NotSelected
@@ -519,6 +522,72 @@ mod tests {
         assert_eq!(
             cause,
             "the step panicked (a bug in bookinfo-up): `boom` panics on purpose"
+        );
+    }
+
+    /// A step whose `skip` is not empty (here through a variable) is reported skipped with
+    /// that reason and never run; its dependents run as after a step left out by --skip. An
+    /// empty `skip` (the variable's default) runs the step.
+    #[tokio::test]
+    async fn a_step_the_plan_skips_is_reported_with_its_reason_and_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kubeconfig"), "").unwrap();
+        let path = dir.path().join("plan.toml");
+        let exec = "[step.exec]\ncommand = [\"true\"]\n";
+        std::fs::write(
+            &path,
+            format!(
+                "[plan]\nname = \"skips\"\n[vars]\nwhy = \"no addons here\"\nnothing = \"\"\n\
+                 [cluster]\nprovider = \"existing\"\n\
+                 [cluster.existing]\nkubeconfig = \"kubeconfig\"\n\
+                 [[step]]\nid = \"boom\"\nskip = \"${{why}}\"\n{exec}\
+                 [[step]]\nid = \"after\"\nneeds = [\"boom\"]\nskip = \"${{nothing}}\"\n{exec}"
+            ),
+        )
+        .unwrap();
+        let (_, plan) = crate::plan::load(&path, &|_| None);
+        let plan = Arc::new(plan.unwrap_or_else(|_| panic!("the test plan loads")));
+        assert_eq!(plan.steps[0].skip.as_deref(), Some("no addons here"));
+        assert_eq!(plan.steps[1].skip, None);
+        let opts = RunOptions {
+            jobs: 2,
+            fail_fast: false,
+            only: BTreeSet::new(),
+            skip: BTreeSet::new(),
+            cache_dir: dir.path().join("cache"),
+            artifacts: dir.path().join("artifacts"),
+            cluster_logs: Vec::new(),
+            reverse: false,
+        };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        // `boom` would panic if it ran.
+        let runner = Runner::new(
+            Arc::new(Boom),
+            plan,
+            None,
+            opts,
+            tx,
+            CancellationToken::new(),
+        );
+        let reports = runner.run().await;
+        let outcomes: Vec<(&str, String)> = reports
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    format!("{}: {}", r.outcome.label(), r.outcome.detail()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (
+                    "boom",
+                    "skipped: skipped by the plan: no addons here".to_string()
+                ),
+                ("after", "changed: done".to_string())
+            ]
         );
     }
 }

@@ -39,13 +39,24 @@ pub async fn down(inv: Invocation, options: DownOptions) -> i32 {
             let options = run_options(&inv, &plan, true);
             let runner = Runner::new(
                 Arc::new(crate::steps::Steps),
-                plan,
-                Some(kube),
+                plan.clone(),
+                Some(kube.clone()),
                 options,
                 tx.clone(),
                 session.cancel.clone(),
             );
-            runner.run().await
+            let mut steps = runner.run().await;
+            let succeeded = steps
+                .iter()
+                .all(|s| !matches!(s.outcome, Outcome::Failed { .. }));
+            // A down of some steps leaves the rest, and the set that lists them.
+            let whole = inv.select.only.is_empty() && inv.select.skip.is_empty();
+            if succeeded && whole && !session.cancel.is_cancelled() {
+                let report = dismantle(&plan, &kube, &session).await;
+                let _ = tx.send(Event::StepFinished(report.clone()));
+                steps.push(report);
+            }
+            steps
         }
         Err(failure) => {
             for f in &failure {
@@ -67,6 +78,25 @@ pub async fn down(inv: Invocation, options: DownOptions) -> i32 {
     let report = session.report(plan, "down", steps);
     drop(tx);
     session.finish(report).await
+}
+
+/// The plan's ApplySet taken apart once the steps are undone (`prune::dismantle`), as a phase
+/// of the report.
+async fn dismantle(plan: &Plan, kube: &Kube, session: &Session) -> StepReport {
+    let started = Instant::now();
+    let progress = |m: String| session.phase("prune", m);
+    let settings = crate::steps::prune::Settings {
+        plan,
+        off: None,
+        timeout: plan.teardown.timeout,
+        cancel: &session.cancel,
+        progress: &progress,
+    };
+    let outcome = match crate::steps::prune::dismantle(kube, &settings).await {
+        Ok(o) => o,
+        Err(e) => Outcome::Failed { cause: e.chain() },
+    };
+    super::prune_report(outcome, started)
 }
 
 /// What `--dry-run` says `down` would do.

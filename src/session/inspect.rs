@@ -161,7 +161,7 @@ impl Target {
         self.plan
             .steps
             .iter()
-            .filter(|s| inv.select.includes(&s.id))
+            .filter(|s| inv.select.includes(&s.id) && s.skip.is_none())
             .collect()
     }
 
@@ -222,6 +222,30 @@ pub async fn diff(inv: Invocation) -> i32 {
             }
         })
         .collect();
+    let mut items = items;
+    // What a run would prune, as deletions of a phase of its own.
+    let includes = |id: &str| inv.select.includes(id);
+    match crate::steps::prune::preview(&t.kube, &t.plan, &includes).await {
+        Ok(orphans) => {
+            let changes = orphans.changes();
+            if !changes.is_empty() {
+                items.push(StepPreview {
+                    id: "prune".into(),
+                    kind: "prune",
+                    changes: changes.len(),
+                    preview: Some(Preview::Changes(changes)),
+                    error: None,
+                });
+            }
+        }
+        Err(e) => items.push(StepPreview {
+            id: "prune".into(),
+            kind: "prune",
+            changes: 0,
+            preview: None,
+            error: Some(e.chain()),
+        }),
+    }
     let changes: usize = items.iter().map(|i| i.changes).sum();
     let failed = items.iter().filter(|i| i.error.is_some()).count();
     if inv.output.json {
@@ -308,9 +332,33 @@ pub async fn status(inv: Invocation) -> i32 {
     let namespaces: std::collections::BTreeSet<String> =
         steps.iter().flat_map(|s| s.namespaces()).collect();
     let unhealthy = unhealthy(&t.kube, &namespaces).await;
+    let includes = |id: &str| inv.select.includes(id);
+    let (orphaned, kept): (Vec<String>, Vec<String>) =
+        match crate::steps::prune::preview(&t.kube, &t.plan, &includes).await {
+            Ok(o) => (
+                o.releases
+                    .iter()
+                    .map(|(ns, r)| format!("helm release {ns}/{r}"))
+                    .chain(o.verdicts.delete.iter().map(|m| m.key.to_string()))
+                    .collect(),
+                o.verdicts
+                    .kept
+                    .iter()
+                    .map(|(k, why)| format!("{k}: {why}"))
+                    .collect(),
+            ),
+            Err(e) => (
+                vec![format!(
+                    "the plan's ApplySet could not be read: {}",
+                    e.chain()
+                )],
+                Vec::new(),
+            ),
+        };
     let healthy = statuses
         .iter()
         .all(|s| matches!(s.state, State::Converged | State::NotChecked))
+        && orphaned.is_empty()
         && releases.iter().all(|r| r.status == "deployed")
         && unhealthy.deployments.is_empty()
         && unhealthy.pods.is_empty();
@@ -321,6 +369,8 @@ pub async fn status(inv: Invocation) -> i32 {
         steps: statuses,
         releases,
         unhealthy,
+        orphaned,
+        kept,
         next: super::next_steps(&t.plan, &t.access),
     };
     if inv.output.json {
@@ -383,4 +433,58 @@ async fn check_once(t: &Target, s: &Step) -> StepStatus {
         }
     };
     step_status(s, state, summary)
+}
+
+/// What `up --dry-run` adds about pruning: the members of the plan's ApplySet that a run
+/// would delete (and keep), when the plan's cluster is there to be read; else why not. Reads
+/// only: a cluster the engine made is looked for through its state folder (no container
+/// engine is asked), an existing one through its kubeconfig.
+pub async fn prune_dry_run(inv: &Invocation) -> String {
+    let (plan, o) = (&inv.plan, &inv.target);
+    let head = format!(
+        "prune (ApplySet {}/{})",
+        crate::kube::applyset::PARENT_NAMESPACE,
+        crate::kube::applyset::parent_name(&plan.name)
+    );
+    if provider::managed(plan) && !provider::cluster_dir(plan, o).join("kubeconfig").is_file() {
+        return format!("{head}: the cluster does not exist yet: nothing to prune\n");
+    }
+    let cancel = CancellationToken::new();
+    let found = async {
+        let (_, kube) = connect(plan, o, &cancel)
+            .await
+            .map_err(|_| "cannot reach the cluster".to_string())?;
+        let mut plan = plan.clone();
+        fetch_remote(&mut plan, &inv.select, &|_| {}).await?;
+        let includes = |id: &str| inv.select.includes(id);
+        crate::steps::prune::preview(&kube, &plan, &includes)
+            .await
+            .map_err(|e| e.chain())
+    };
+    let orphans = match tokio::time::timeout(Duration::from_secs(10), found).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(why)) => {
+            return format!(
+                "{head}: not known ({}); `bookinfo-up diff` shows it once the cluster answers\n",
+                why.lines().next().unwrap_or_default()
+            );
+        }
+        Err(_) => {
+            return format!("{head}: not known (the cluster did not answer within 10s)\n");
+        }
+    };
+    let mut out = String::new();
+    let changes = orphans.changes();
+    if changes.is_empty() && orphans.verdicts.kept.is_empty() {
+        out.push_str(&format!("{head}: nothing would be pruned\n"));
+        return out;
+    }
+    out.push_str(&format!("{head}:\n"));
+    for c in &changes {
+        out.push_str(&format!("  - {}: {}\n", c.target, c.summary));
+    }
+    for (k, why) in &orphans.verdicts.kept {
+        out.push_str(&format!("  kept {k}: {why}\n"));
+    }
+    out
 }

@@ -21,7 +21,7 @@ use crate::report::{self, ReportOptions, ReporterKind};
 use crate::run::{Event, Outcome, RunOptions, RunReport, StepReport};
 
 pub use down::down;
-pub use inspect::{diff, status};
+pub use inspect::{diff, prune_dry_run, status};
 pub use up::{next_steps, up};
 
 /// What `up` and `down` share while they run.
@@ -127,6 +127,20 @@ pub(crate) fn phase_failure(id: &str, message: String) -> StepReport {
     }
 }
 
+/// The report of the prune phase after the steps (`up`, `down`), whatever it ended in.
+pub(crate) fn prune_report(outcome: Outcome, started: Instant) -> StepReport {
+    StepReport {
+        unit: crate::run::Unit::Phase,
+        id: "prune".into(),
+        kind: "prune".into(),
+        check: false,
+        outcome,
+        elapsed: started.elapsed(),
+        attempts: 1,
+        artifacts: None,
+    }
+}
+
 pub(crate) fn run_options(inv: &Invocation, plan: &Plan, reverse: bool) -> RunOptions {
     RunOptions {
         jobs: inv.run.jobs,
@@ -155,7 +169,8 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// Fetches and verifies the remote manifests of the steps `select` leaves in, before any step
-/// runs: a step left out of a run needs none (and its URL may be out of reach).
+/// runs: a step left out of a run, by the selection or by the plan's `skip`, needs none (and
+/// its URL may be out of reach).
 pub(crate) async fn fetch_remote(
     plan: &mut Plan,
     select: &Selection,
@@ -165,7 +180,7 @@ pub(crate) async fn fetch_remote(
         .map(PathBuf::from)
         .unwrap_or_else(default_cache_dir);
     for step in &mut plan.steps {
-        if !select.includes(&step.id) {
+        if !select.includes(&step.id) || step.skip.is_some() {
             continue;
         }
         if let Action::Apply(a) = &mut step.action {

@@ -10,6 +10,7 @@ use crate::plan::Plan;
 use crate::provider::{self, Access, Findings, PlanRecord, Severity};
 use crate::report;
 use crate::run::{Event, NextSteps, Runner};
+use crate::steps::prune::{self, Desired, Inventory};
 
 /// A phase's failure, boxed: it travels in the `Err` of the work before the runner.
 fn phase_failure(id: &str, message: String) -> Box<crate::run::StepReport> {
@@ -26,6 +27,9 @@ pub async fn up(inv: Invocation, options: UpOptions) -> i32 {
             );
         }
         print!("{}", report::dry_run(&inv.plan));
+        if !options.no_prune && inv.plan.prune.enabled {
+            print!("\n{}", super::prune_dry_run(&inv).await);
+        }
         return 0;
     }
     let session = Session::start(&inv.output, &inv.plan);
@@ -39,12 +43,27 @@ pub async fn up(inv: Invocation, options: UpOptions) -> i32 {
     )
     .await
     .unwrap_or_else(|| Err(phase_failure("cluster", CANCELLED.into())));
-    let access = result.as_ref().ok().map(|(_, a, _)| a.clone());
+    let access = result.as_ref().ok().map(|(_, a, _, _)| a.clone());
     let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
 
     let steps = match result {
-        // The lock is held until the runner is done.
-        Ok((kube, _, _lock)) => run_steps(&inv, plan.clone(), kube, &session).await,
+        // The lock is held until the runner and the prune are done.
+        Ok((kube, _, _lock, inventory)) => {
+            let mut steps = run_steps(&inv, plan.clone(), kube.clone(), &session).await;
+            let succeeded = steps
+                .iter()
+                .all(|s| !matches!(s.outcome, crate::run::Outcome::Failed { .. }));
+            if let Some((desired, inventory)) = inventory
+                && succeeded
+                && !session.cancel.is_cancelled()
+            {
+                let report =
+                    prune(&inv, &options, &plan, &kube, &desired, &inventory, &session).await;
+                let _ = tx.send(Event::StepFinished(report.clone()));
+                steps.push(report);
+            }
+            steps
+        }
         Err(failure) => {
             let _ = tx.send(Event::StepFinished((*failure).clone()));
             vec![*failure]
@@ -60,8 +79,15 @@ pub async fn up(inv: Invocation, options: UpOptions) -> i32 {
     session.finish(report).await
 }
 
-/// What comes before the runner is ready.
-type Prepared = (Arc<Kube>, Access, Option<provider::ClusterLock>);
+/// What comes before the runner is ready: the client, the cluster's access and lock, and the
+/// plan's desired set with its ApplySet as listed before the first apply (none for a plan that
+/// asks for no object).
+type Prepared = (
+    Arc<Kube>,
+    Access,
+    Option<provider::ClusterLock>,
+    Option<(Desired, Inventory)>,
+);
 
 /// Everything before the steps: the cluster's lock, preflight, the remote manifests (into
 /// `plan`), the cluster made or found, its ownership judged and marked, the plan record and
@@ -98,6 +124,7 @@ async fn prepare(
         kube.ledger = crate::kube::ledger::Ledger::load(&path);
     }
     claim(inv, options, plan, &access, &kube, session).await?;
+    let inventory = inventory(inv, plan, &mut kube, session).await?;
     if let Some(target) = &options.export_kubeconfig {
         provider::export_kubeconfig(&access, target).map_err(|e| {
             phase_failure(
@@ -110,7 +137,87 @@ async fn prepare(
             format!("kubeconfig copied to {}", target.display()),
         );
     }
-    Ok((Arc::new(kube), access, lock))
+    Ok((Arc::new(kube), access, lock, inventory))
+}
+
+/// The plan's desired set, and its ApplySet widened to cover it and listed: the members go to
+/// the client, whose ledger then vouches for them without a request each.
+async fn inventory(
+    inv: &Invocation,
+    plan: &Plan,
+    kube: &mut Kube,
+    session: &Session,
+) -> Result<Option<(Desired, Inventory)>, Box<crate::run::StepReport>> {
+    let mut desired = Desired::of(plan, &|id| inv.select.includes(id));
+    // No set to keep: a plan that asks for no object, or one that turned pruning off (on a
+    // cluster where it may not write kube-system's Secrets, say).
+    if (desired.is_empty() && !plan.prune.empty) || !plan.prune.enabled {
+        return Ok(None);
+    }
+    session.phase(
+        "inventory",
+        format!(
+            "reading the plan's ApplySet ({}/{})",
+            crate::kube::applyset::PARENT_NAMESPACE,
+            crate::kube::applyset::parent_name(&plan.name)
+        ),
+    );
+    let gvks: Vec<kube::core::GroupVersionKind> = desired
+        .versions
+        .iter()
+        .map(|(gk, v)| kube::core::GroupVersionKind::gvk(&gk.group, v, &gk.kind))
+        .collect();
+    kube.prefetch_discovery_aggregated(&gvks).await;
+    desired.settle_scopes(kube).await;
+    let inventory = prune::begin(kube, &plan.name, &desired)
+        .await
+        .map_err(|e| {
+            let mut message = e.chain();
+            if message.contains("403") || message.contains("orbidden") {
+                message.push_str(
+                    "\n  = help: the plan's ApplySet (what `up` prunes) needs to read and write \
+                     Secrets in kube-system and to list the plan's kinds; a plan that may not \
+                     sets `[prune] enabled = false`",
+                );
+            }
+            phase_failure("inventory", message)
+        })?;
+    kube.members = inventory.before.clone();
+    kube.releases = inventory.releases.clone();
+    Ok(Some((desired, inventory)))
+}
+
+/// The prune, after every step succeeded, as a phase of its own in the report.
+async fn prune(
+    inv: &Invocation,
+    options: &UpOptions,
+    plan: &Plan,
+    kube: &Kube,
+    desired: &Desired,
+    inventory: &Inventory,
+    session: &Session,
+) -> crate::run::StepReport {
+    let started = std::time::Instant::now();
+    let off = options.no_prune.then_some("--no-prune");
+    let progress = |m: String| session.phase("prune", m);
+    let settings = prune::Settings {
+        plan,
+        off,
+        timeout: plan.teardown.timeout,
+        cancel: &session.cancel,
+        progress: &progress,
+    };
+    let outcome = match prune::finish(kube, &settings, desired, inventory).await {
+        Ok(o) => o,
+        Err(e) => crate::run::Outcome::Failed {
+            cause: format!(
+                "{}\n(nothing else was pruned; the ApplySet still lists every member, so `{}` prunes again)",
+                e.chain(),
+                inv.rerun("bookinfo-up")
+            ),
+        },
+    };
+    super::prune_report(outcome, started)
 }
 
 /// Preflight: warnings sent as they are found; errors end the phase as its failure, each with

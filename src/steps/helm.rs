@@ -25,6 +25,22 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
     let desired_values = desired_values(h)?;
     let (chart_name, chart_version) = chart_identity(h)?;
+    // Listed before the run (a release this plan installed), unwritten since a run found it
+    // converged to the same chart and values: nothing to read.
+    if let Some(record) = kube.releases.get(&(h.namespace.clone(), h.release.clone()))
+        && kube.ledger.vouches(
+            &ledger_key(h),
+            record,
+            &ledger_entry(&chart_name, &chart_version, &desired_values),
+        )
+    {
+        return Ok(Outcome::Unchanged {
+            summary: format!(
+                "release {} has chart {chart_name} {chart_version} with the same values",
+                h.release
+            ),
+        });
+    }
     ctx.progress(format!("reading release {}/{}", h.namespace, h.release));
     let mut deployed = observe(h, ctx).await?;
     let mut recovered = String::new();
@@ -76,6 +92,14 @@ pub async fn run(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
         ChartRef::Path { path } => tool.arg(path),
     };
     tool = tool.args(["--namespace", &h.namespace]);
+    if deployed.is_none() {
+        // The mark of a release this plan installed (helm keeps it on later revisions): only
+        // such a release is uninstalled when its step leaves the plan (`steps::prune`).
+        tool = tool.args([
+            "--labels",
+            &format!("{}={}", crate::kube::PLAN_LABEL, ctx.plan_name),
+        ]);
+    }
     if h.create_namespace {
         tool = tool.arg("--create-namespace");
     }
@@ -339,17 +363,28 @@ pub async fn teardown(h: &Helm, ctx: &StepCtx) -> StepResult<Outcome> {
 /// `helm uninstall --wait`; an absent release counts as uninstalled. `Err` holds helm's last
 /// lines when it failed.
 async fn uninstall(h: &Helm, ctx: &StepCtx, timeout: &str) -> StepResult<Result<(), String>> {
-    let out = helm(ctx.kube()?)
+    uninstall_release(ctx.kube()?, &h.namespace, &h.release, timeout, &ctx.cancel).await
+}
+
+/// `helm uninstall --wait` of `release` in `namespace` (see `uninstall`).
+pub async fn uninstall_release(
+    kube: &crate::kube::Kube,
+    namespace: &str,
+    release: &str,
+    timeout: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> StepResult<Result<(), String>> {
+    let out = helm(kube)
         .args([
             "uninstall",
-            &h.release,
+            release,
             "--namespace",
-            &h.namespace,
+            namespace,
             "--wait",
             "--timeout",
             timeout,
         ])
-        .run(&ctx.cancel)
+        .run(cancel)
         .await?;
     Ok(if out.success || out.stderr.contains("not found") {
         Ok(())

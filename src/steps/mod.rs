@@ -14,6 +14,7 @@ pub mod helm;
 pub mod http;
 pub mod namespace;
 pub mod patch;
+pub mod prune;
 pub mod traffic;
 pub mod wait;
 

@@ -12,17 +12,41 @@ use serde_json::{Value, json};
 use crate::change::{Change, ChangeKind};
 use crate::error::{StepError, StepResult};
 use crate::kube::apply::DeleteOutcome;
+use crate::kube::applyset::{PART_OF, set_id};
 use crate::kube::{FIELD_MANAGER, PLAN_LABEL, STEP_ANNOTATION, api_error};
 use crate::plan::model;
 use crate::run::{Outcome, StepCtx};
 
 pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     let kube = ctx.kube()?;
+    // A member of the plan's ApplySet, listed before the run with every label it should
+    // carry: nothing to read or write.
+    let key = crate::kube::applyset::ObjectKey {
+        gk: crate::kube::applyset::GroupKind {
+            group: String::new(),
+            kind: "Namespace".into(),
+        },
+        namespace: None,
+        name: n.name.clone(),
+    };
+    if let Some(meta) = kube.members.meta(&key)
+        && meta["metadata"]["deletionTimestamp"].is_null()
+    {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(meta["metadata"]["labels"].clone()).unwrap_or_default();
+        let wanted = wanted_labels(n, &labels, &ctx.plan_name);
+        if wanted.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return Ok(Outcome::Unchanged {
+                summary: format!("namespace {} exists{}", n.name, labelled(&n.labels)),
+            });
+        }
+    }
     let (api, live) = read(kube, &n.name).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let Some(live) = live else {
         let mut labels = n.labels.clone();
         labels.insert(PLAN_LABEL.into(), ctx.plan_name.clone());
+        labels.insert(PART_OF.into(), set_id(&ctx.plan_name));
         let object = json!({
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -42,8 +66,8 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
         )));
     }
     let live_labels = live.metadata.labels.clone().unwrap_or_default();
-    let missing: BTreeMap<String, String> = n
-        .labels
+    let wanted = wanted_labels(n, &live_labels, &ctx.plan_name);
+    let missing: BTreeMap<String, String> = wanted
         .iter()
         .filter(|(k, v)| live_labels.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -65,7 +89,7 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
             .collect()
     };
     let mut labels = keep("f:labels", &live_labels);
-    labels.extend(n.labels.clone());
+    labels.extend(wanted);
     let annotations = keep("f:annotations", &live_annotations);
     let object = json!({
         "apiVersion": "v1",
@@ -78,6 +102,20 @@ pub async fn run(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome> {
     Ok(Outcome::Changed {
         summary: format!("labelled namespace {} {}", n.name, pairs(&missing)),
     })
+}
+
+/// The labels the namespace should carry: the step's, and the plan's ApplySet label when the
+/// plan made it (an earlier version labelled it with the plan only).
+fn wanted_labels(
+    n: &model::Namespace,
+    live: &BTreeMap<String, String>,
+    plan: &str,
+) -> BTreeMap<String, String> {
+    let mut wanted = n.labels.clone();
+    if live.get(PLAN_LABEL).map(String::as_str) == Some(plan) && !live.contains_key(PART_OF) {
+        wanted.insert(PART_OF.into(), set_id(plan));
+    }
+    wanted
 }
 
 /// The namespaces' API and the namespace `name`, if it exists.
@@ -100,6 +138,7 @@ pub async fn preview(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Vec<Chan
     let Some(live) = live else {
         let mut labels = n.labels.clone();
         labels.insert(PLAN_LABEL.into(), ctx.plan_name.clone());
+        labels.insert(PART_OF.into(), set_id(&ctx.plan_name));
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name, "labels": labels}});
         return Ok(vec![Change::create(target, &object, None)]);
     };
@@ -112,7 +151,7 @@ pub async fn preview(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Vec<Chan
     }
     let before = live.metadata.labels.clone().unwrap_or_default();
     let mut after = before.clone();
-    after.extend(n.labels.clone());
+    after.extend(wanted_labels(n, &before, &ctx.plan_name));
     if after == before {
         return Ok(Vec::new());
     }
@@ -128,6 +167,21 @@ pub async fn teardown(n: &model::Namespace, ctx: &StepCtx) -> StepResult<Outcome
     let kube = ctx.kube()?;
     let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name}});
     let target = kube.locate(&object, "default", Duration::ZERO).await?;
+    // What is not the plan's keeps the namespace (and itself) alive.
+    if let Some(live) = target.get().await?
+        && live["metadata"]["labels"][PLAN_LABEL].as_str() == Some(ctx.plan_name.as_str())
+    {
+        let foreign = super::prune::foreign_objects(kube, &n.name, &ctx.plan_name).await?;
+        if !foreign.is_empty() {
+            return Ok(Outcome::Unchanged {
+                summary: format!(
+                    "namespace {} holds objects that are not the plan's ({}): left in place",
+                    n.name,
+                    foreign.join(", ")
+                ),
+            });
+        }
+    }
     match kube.delete_owned(&target, &ctx.plan_name).await? {
         DeleteOutcome::Gone => Ok(Outcome::Unchanged {
             summary: format!("namespace {} already gone", n.name),

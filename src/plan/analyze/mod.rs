@@ -149,6 +149,20 @@ impl Analyzer<'_> {
                 .unwrap_or(DEFAULT_TIMEOUT),
         };
 
+        let prune = units
+            .iter()
+            .rev()
+            .find_map(|u| u.raw.prune.as_ref())
+            .map(|p| {
+                let d = Prune::default();
+                Prune {
+                    enabled: p.enabled.unwrap_or(d.enabled),
+                    crds: p.crds.unwrap_or(d.crds),
+                    empty: p.empty.unwrap_or(d.empty),
+                }
+            })
+            .unwrap_or_default();
+
         // Steps: ids first, so that `needs` can be checked against all of them.
         let (ids, all) = self.step_ids(&units);
         if all.is_empty() {
@@ -215,6 +229,7 @@ impl Analyzer<'_> {
             path,
             cluster: cluster?,
             teardown,
+            prune,
             steps,
             waves,
             next,

@@ -99,6 +99,14 @@ impl Analyzer<'_> {
             None => Some(DEFAULT_BACKOFF),
         };
         let description = raw.description.as_ref().and_then(|d| self.interp(d, file));
+        // `skip` is usually a variable that a run sets where the step cannot run (an empty
+        // one, the default, runs it).
+        let skip = raw
+            .skip
+            .as_ref()
+            .and_then(|s| self.interp(s, file))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
 
         // In the order written, so that the caret points at the second kind of the step.
         let kinds = raw.kinds();
@@ -148,6 +156,7 @@ impl Analyzer<'_> {
             timeout: timeout?,
             retries: raw.retries.as_ref().map(|r| *r.get_ref()).unwrap_or(0),
             backoff: backoff?,
+            skip,
             action: action?,
         })
     }

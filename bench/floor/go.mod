@@ -1,0 +1,3 @@
+module bookinfo-up.local/bench/floor
+
+go 1.22
