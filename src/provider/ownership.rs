@@ -224,20 +224,35 @@ pub fn forget_creation(dir: &Path) {
 /// releases it when the process dies, however it dies.
 #[derive(Debug)]
 pub struct ClusterLock {
-    _file: File,
+    file: File,
 }
 
-/// The lock file of the plan's cluster: in the state folder, beside (not inside) the
-/// cluster's own folder, which `down` may remove.
-fn lock_path(plan: &Plan, o: &Overrides) -> PathBuf {
-    o.state_dir
-        .join("locks")
-        .join(format!("{}.lock", plan.cluster.name))
+impl Drop for ClusterLock {
+    /// Forgets who held it before letting go, so that a run finding the lock taken by the
+    /// next holder, before that one has written its name, never names this finished run.
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// The lock file of the plan's cluster and its gate: in the state folder, beside (not
+/// inside) the cluster's own folder, which `down` may remove.
+fn lock_paths(plan: &Plan, o: &Overrides) -> (PathBuf, PathBuf) {
+    let dir = o.state_dir.join("locks");
+    (
+        dir.join(format!("{}.lock", plan.cluster.name)),
+        dir.join(format!("{}.gate", plan.cluster.name)),
+    )
 }
 
 /// Takes the cluster's lock, waiting (and saying so through `progress`) while another run
 /// holds it. `None` for clusters the engine does not manage. `command` names this run for a
 /// waiting one (`up`, `down`).
+///
+/// The holder writes its name into the lock file. Taking the lock and writing the name happen
+/// under a second lock, the gate, held for those few microseconds only; a run that finds the
+/// lock taken reads the name under the gate too, so it never reads a holder that has the lock
+/// and has not written its name yet (two runs started together would otherwise race there).
 pub async fn lock(
     plan: &Plan,
     o: &Overrides,
@@ -248,25 +263,45 @@ pub async fn lock(
     if !super::managed(plan) {
         return Ok(None);
     }
-    let path = lock_path(plan, o);
+    let (path, gate_path) = lock_paths(plan, o);
     let io = |e: std::io::Error| ProviderError::Tool {
         message: format!("cannot lock `{}`: {e}", path.display()),
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(p)
+            .map_err(io)
+    };
+    let mut file = open(&path)?;
+    let gate = open(&gate_path)?;
+    // Who holds it, for a run that has to wait.
+    let me = format!(
+        "`{command}` of plan `{}`, pid {}",
+        plan.name,
+        std::process::id()
+    );
+    let write_me = |file: &mut File| {
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = file.write_all(me.as_bytes());
+    };
+    gate.lock().map_err(io)?;
     match file.try_lock() {
-        Ok(()) => {}
+        Ok(()) => {
+            write_me(&mut file);
+            gate.unlock().map_err(io)?;
+        }
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
+            gate.unlock().map_err(io)?;
             let holder = holder.trim();
             progress(format!(
                 "waiting for another run on cluster `{}` to finish{}",
@@ -285,19 +320,16 @@ pub async fn lock(
                 r = wait => r.map_err(|e| ProviderError::Tool { message: format!("waiting for the lock failed: {e}") })?.map_err(io)?,
                 _ = cancel.cancelled() => return Err(ProviderError::Cancelled),
             }
+            gate.lock().map_err(io)?;
+            write_me(&mut file);
+            gate.unlock().map_err(io)?;
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            let _ = gate.unlock();
+            return Err(io(e));
+        }
     }
-    // Who holds it, for a run that has to wait.
-    let me = format!(
-        "`{command}` of plan `{}`, pid {}",
-        plan.name,
-        std::process::id()
-    );
-    let _ = file.set_len(0);
-    let _ = file.rewind();
-    let _ = file.write_all(me.as_bytes());
-    Ok(Some(ClusterLock { _file: file }))
+    Ok(Some(ClusterLock { file }))
 }
 
 #[cfg(test)]
@@ -416,6 +448,65 @@ mod tests {
         assert_eq!(creation(dir.path()).as_deref(), Some("mine"));
         forget_creation(dir.path());
         assert_eq!(creation(dir.path()), None);
+    }
+
+    /// Two runs started together, many times over, each on a thread of its own: the one that
+    /// waits always names the one that holds the lock (they race between taking the lock and
+    /// writing the holder's name).
+    #[test]
+    fn two_runs_started_together_always_name_the_holder() {
+        use std::sync::{Arc, Barrier, mpsc};
+        let state = tempfile::tempdir().unwrap();
+        let o = Arc::new(Overrides {
+            state_dir: state.path().to_path_buf(),
+        });
+        let p = Arc::new(plan("kwok"));
+        for round in 0..200 {
+            let (said_tx, said_rx) = mpsc::channel();
+            let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+            let start = Arc::new(Barrier::new(2));
+            let run = |name: &'static str| {
+                let (o, p, start, said_tx) = (o.clone(), p.clone(), start.clone(), said_tx.clone());
+                let mut release = release_rx.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let progress = |m: String| {
+                            let _ = said_tx.send((name, m));
+                        };
+                        start.wait();
+                        let held = lock(&p, &o, name, &progress, &CancellationToken::new())
+                            .await
+                            .unwrap();
+                        let _ = release.wait_for(|r| *r).await;
+                        drop(held);
+                    })
+                })
+            };
+            let (a, b) = (run("a"), run("b"));
+            let (waiter, said) = said_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("one of the two waits");
+            let holder = if waiter == "a" { "b" } else { "a" };
+            assert_eq!(
+                said,
+                format!(
+                    "waiting for another run on cluster `demo` to finish (`{holder}` of plan `mine`, pid {})",
+                    std::process::id()
+                ),
+                "round {round}"
+            );
+            release_tx.send(true).unwrap();
+            a.join().unwrap();
+            b.join().unwrap();
+            assert!(
+                said_rx.try_recv().is_err(),
+                "round {round}: only one waited"
+            );
+        }
     }
 
     #[tokio::test]
