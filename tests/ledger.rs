@@ -3,7 +3,8 @@
 //! resourceVersion and the ledger vouches for those it saw converged. Whatever the ledger
 //! cannot vouch for goes through the dry run: an object written since (even where only its
 //! resourceVersion changed and the plan's fields are the same), a ledger that is stale, a
-//! ledger that is corrupt. No drift is ever missed.
+//! ledger that is corrupt. No drift is ever missed. The same holds for a cluster reached as an
+//! existing one (`--kubeconfig`), whose ledger the state folder keeps by the API server's URL.
 
 use std::path::PathBuf;
 
@@ -161,4 +162,38 @@ fn the_ledger_spares_requests_and_never_hides_a_drift() {
     let after = up(&env);
     assert!(after.changed().is_empty(), "{:?}", after.changed());
     assert_eq!(dry_runs(&after), Vec::<String>::new());
+
+    // The same cluster reached as an existing one (`--kubeconfig`): the engine keeps its
+    // ledger in the state folder's `existing/`, by the API server's URL. The first run there
+    // has none and compares every object; the next trusts what that one saw; a drift is
+    // still repaired.
+    let kubeconfig = env.kubeconfig();
+    let existing = || {
+        let r = env
+            .up()
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+            .env("BOOKINFO_UP_LOG", LOG)
+            .run();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    let first = existing();
+    assert!(first.changed().is_empty(), "{:?}", first.changed());
+    assert_eq!(dry_runs(&first).len(), 4, "{:?}", dry_runs(&first));
+    let kept: Vec<PathBuf> = std::fs::read_dir(env.state.path().join("existing"))
+        .expect("a folder for existing clusters' ledgers")
+        .map(|e| e.unwrap().path().join("prune-ledger.applied.json"))
+        .collect();
+    assert!(
+        kept.len() == 1 && kept[0].is_file(),
+        "one ledger, by the server's URL: {kept:?}"
+    );
+    let second = existing();
+    assert!(second.changed().is_empty(), "{:?}", second.changed());
+    assert_eq!(dry_runs(&second), Vec::<String>::new());
+    env.kubectl(&["scale", "-n", "shop", "deployment/web", "--replicas=2"]);
+    let drifted = existing();
+    assert_eq!(drifted.outcome("app"), "changed", "{}", drifted.stdout);
+    assert_eq!(dry_runs(&drifted), ["deployments/web"]);
+    assert!(existing().changed().is_empty());
 }

@@ -52,6 +52,8 @@ pub struct Kube {
     /// The kubeconfig the client was built from, passed on to helm.
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
+    /// The API server's URL, as the kubeconfig's context names it.
+    pub server: String,
     /// Discovery results by group/version, filled on demand: one request per group-version
     /// however many of its kinds a plan uses, and however many steps ask at once (they wait
     /// on the slot's lock for the first answer).
@@ -147,6 +149,7 @@ impl Kube {
             })?),
             None => None,
         };
+        let server = config.cluster_url.to_string();
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
         // One client and one discovery cache per cluster and kind of client in a process: the
@@ -159,6 +162,7 @@ impl Kube {
             wire,
             kubeconfig: kubeconfig.to_path_buf(),
             context: context.map(str::to_string),
+            server,
             groups,
             ledger: ledger::Ledger::default(),
             members: applyset::Members::default(),

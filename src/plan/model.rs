@@ -30,6 +30,10 @@ pub struct NextStep {
     pub title: String,
     pub command: Option<String>,
     pub url: Option<String>,
+    /// The steps whose work it points at: it is shown only when each of them ran (neither
+    /// the plan's `skip` nor `--only`/`--skip` left it out).
+    #[serde(skip)]
+    pub needs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

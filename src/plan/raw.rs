@@ -43,13 +43,16 @@ pub struct RawMeta {
     pub next: Vec<Spanned<RawNext>>,
 }
 
-/// One `[[plan.next]]` entry: a title and a URL, a command, or both.
+/// One `[[plan.next]]` entry: a title and a URL, a command, or both; `needs`: the steps
+/// whose work it points at, without which it is not shown.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNext {
     pub title: S,
     pub command: Option<S>,
     pub url: Option<S>,
+    #[serde(default)]
+    pub needs: Vec<S>,
 }
 
 /// A variable value: TOML strings, integers and booleans are all usable in `${...}`.

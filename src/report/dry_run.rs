@@ -308,6 +308,7 @@ mod tests {
                     title: "Bookinfo".into(),
                     command: None,
                     url: Some("http://127.0.0.1:30666/productpage".into()),
+                    needs: vec![],
                 },
                 NextStep {
                     title: "Grafana".into(),
@@ -315,6 +316,7 @@ mod tests {
                         "kubectl -n istio-system port-forward svc/grafana 3000:3000".into(),
                     ),
                     url: Some("http://127.0.0.1:3000".into()),
+                    needs: vec![],
                 },
             ],
         }

@@ -207,6 +207,7 @@ pub fn next_block(next: &NextSteps, color: bool) -> String {
         title: "kubectl".into(),
         command: Some(next.kubectl.clone()),
         url: None,
+        needs: vec![],
     };
     let items: Vec<NextStep> = std::iter::once(kubectl)
         .chain(next.items.iter().cloned())
@@ -475,6 +476,7 @@ mod tests {
                     title: "Bookinfo".into(),
                     command: None,
                     url: Some("http://127.0.0.1:30666/productpage".into()),
+                    needs: vec![],
                 },
                 NextStep {
                     title: "Prometheus".into(),
@@ -482,6 +484,7 @@ mod tests {
                         "kubectl -n istio-system port-forward svc/prometheus 9090:9090".into(),
                     ),
                     url: Some("http://127.0.0.1:9090".into()),
+                    needs: vec![],
                 },
             ],
         };

@@ -53,6 +53,11 @@ pub async fn down(inv: Invocation, options: DownOptions) -> i32 {
             let whole = inv.select.only.is_empty() && inv.select.skip.is_empty();
             if succeeded && whole && !session.cancel.is_cancelled() {
                 let report = dismantle(&plan, &kube, &session).await;
+                if !matches!(report.outcome, Outcome::Failed { .. }) {
+                    // Nothing of the plan is left for the ledger to vouch for.
+                    let ledger = super::up::ledger_path(&plan, &inv.target, &kube.server);
+                    let _ = std::fs::remove_file(ledger);
+                }
                 let _ = tx.send(Event::StepFinished(report.clone()));
                 steps.push(report);
             }

@@ -139,9 +139,7 @@ async fn connect(
             eprintln!("error: {}", e.chain());
             EXIT_CLUSTER
         })?;
-    if let Some(path) = super::up::ledger_path(plan, o) {
-        kube.ledger = crate::kube::ledger::Ledger::load(&path);
-    }
+    kube.ledger = crate::kube::ledger::Ledger::load(&super::up::ledger_path(plan, o, &kube.server));
     Ok((access, kube))
 }
 
@@ -371,7 +369,9 @@ pub async fn status(inv: Invocation) -> i32 {
         unhealthy,
         orphaned,
         kept,
-        next: super::next_steps(&t.plan, &t.access),
+        next: super::next_steps(&t.plan, &t.access, &|id| {
+            !includes(id) || t.plan.steps.iter().any(|s| s.id == id && s.skip.is_some())
+        }),
     };
     if inv.output.json {
         println!(

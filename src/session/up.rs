@@ -1,6 +1,7 @@
 //! `bookinfo-up`: preflight, remote manifests, the cluster and its owner, then the runner;
 //! the report says what to do next.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CANCELLED, Session, fetch_remote, run_options, unless_cancelled};
@@ -69,11 +70,16 @@ pub async fn up(inv: Invocation, options: UpOptions) -> i32 {
             vec![*failure]
         }
     };
+    let skipped: std::collections::BTreeSet<String> = steps
+        .iter()
+        .filter(|s| matches!(s.outcome, crate::run::Outcome::Skipped { .. }))
+        .map(|s| s.id.clone())
+        .collect();
     let mut report = session.report(&plan, "up", steps);
     report.warnings = findings.warnings;
     report.errors = findings.errors;
     if report.success() {
-        report.next_steps = access.map(|a| next_steps(&plan, &a));
+        report.next_steps = access.map(|a| next_steps(&plan, &a, &|id| skipped.contains(id)));
     }
     drop(tx);
     session.finish(report).await
@@ -120,9 +126,7 @@ async fn prepare(
     let mut kube = Kube::connect(&access.kubeconfig, access.context.as_deref())
         .await
         .map_err(|e| phase_failure("cluster", e.chain()))?;
-    if let Some(path) = ledger_path(plan, o) {
-        kube.ledger = crate::kube::ledger::Ledger::load(&path);
-    }
+    kube.ledger = crate::kube::ledger::Ledger::load(&ledger_path(plan, o, &kube.server));
     claim(inv, options, plan, &access, &kube, session).await?;
     let inventory = inventory(inv, plan, &mut kube, session).await?;
     if let Some(target) = &options.export_kubeconfig {
@@ -316,8 +320,9 @@ async fn run_steps(
     let steps = runner.run().await;
     // What this run saw converged, for `diff` and `status`; losing it only costs them time
     // (they dry-run what it does not vouch for).
-    if let Some(path) = ledger_path(&plan, &inv.target)
-        && let Err(e) = kube.ledger.save(&path)
+    if let Err(e) = kube
+        .ledger
+        .save(&ledger_path(&plan, &inv.target, &kube.server))
     {
         tracing::debug!(error = %e, "cannot save the ledger of applied objects");
     }
@@ -325,21 +330,37 @@ async fn run_steps(
 }
 
 /// Where a cluster's ledger of applied objects (`kube::ledger`) is kept: the state folder of
-/// a cluster the engine made. An existing cluster has no folder of ours, and no ledger: `diff`
-/// dry-runs every object there.
-pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides) -> Option<std::path::PathBuf> {
-    provider::managed(plan).then(|| provider::cluster_dir(plan, o).join("applied.json"))
+/// a cluster the engine made; for an existing cluster, a folder of the state folder's
+/// `existing/` named after the API server's URL, one ledger per plan. The ledger only ever
+/// spares a request for an object whose live uid and resourceVersion it recorded, so a
+/// ledger read against another cluster behind the same URL vouches for nothing.
+pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides, server: &str) -> PathBuf {
+    if provider::managed(plan) {
+        return provider::cluster_dir(plan, o).join("applied.json");
+    }
+    use sha2::Digest;
+    let at = hex::encode(&sha2::Sha256::digest(server.as_bytes())[..8]);
+    o.state_dir
+        .join("existing")
+        .join(at)
+        .join(format!("{}.applied.json", plan.name))
 }
 
 /// What to tell the user after a successful `up`: the engine's kubeconfig for the cluster,
-/// then the plan's `[[plan.next]]`.
-pub fn next_steps(plan: &Plan, access: &Access) -> NextSteps {
+/// then the plan's `[[plan.next]]`, less those that need a step `left_out` of the run (by
+/// the plan's `skip`, or `--only`/`--skip`): no pointer at what is not there.
+pub fn next_steps(plan: &Plan, access: &Access, left_out: &dyn Fn(&str) -> bool) -> NextSteps {
     let kubeconfig = access.kubeconfig.display().to_string();
     NextSteps {
         kubectl: format!("export KUBECONFIG={}", shell_quote(&kubeconfig)),
         kubeconfig,
         context: access.context.clone(),
-        items: plan.next.clone(),
+        items: plan
+            .next
+            .iter()
+            .filter(|n| !n.needs.iter().any(|id| left_out(id)))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -356,6 +377,36 @@ fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_next_leaves_out_what_needs_a_step_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[plan]\nname = \"p\"\n[cluster]\nprovider = \"existing\"\n\
+             [[plan.next]]\ntitle = \"always\"\nurl = \"http://127.0.0.1:1\"\n\
+             [[plan.next]]\ntitle = \"addons\"\nurl = \"http://127.0.0.1:2\"\nneeds = [\"addons\"]\n\
+             [[step]]\nid = \"addons\"\n[step.exec]\ncommand = [\"true\"]\n",
+        )
+        .unwrap();
+        let (_, plan) = crate::plan::load(&path, &|_| None);
+        let plan = plan.unwrap_or_else(|_| panic!("the test plan loads"));
+        let access = Access {
+            kubeconfig: "/k".into(),
+            context: None,
+            managed: true,
+        };
+        let titles = |left_out: &dyn Fn(&str) -> bool| -> Vec<String> {
+            next_steps(&plan, &access, left_out)
+                .items
+                .into_iter()
+                .map(|n| n.title)
+                .collect()
+        };
+        assert_eq!(titles(&|_| false), ["always", "addons"]);
+        assert_eq!(titles(&|id| id == "addons"), ["always"]);
+    }
 
     #[test]
     fn kubeconfig_line_is_one_shell_word() {

@@ -214,7 +214,7 @@ impl Analyzer<'_> {
         let mut next = Vec::new();
         for unit in &units {
             for n in unit.raw.plan.iter().flat_map(|m| &m.next) {
-                if let Some(n) = self.next_step(n, unit.file) {
+                if let Some(n) = self.next_step(n, unit.file, &ids) {
                     next.push(n);
                 }
             }
@@ -237,8 +237,30 @@ impl Analyzer<'_> {
     }
 
     /// A `[[plan.next]]` entry: a title, and a URL to open, a command to run, or both.
-    fn next_step(&mut self, n: &Spanned<RawNext>, file: FileId) -> Option<NextStep> {
+    fn next_step(
+        &mut self,
+        n: &Spanned<RawNext>,
+        file: FileId,
+        ids: &steps::StepIds,
+    ) -> Option<NextStep> {
         let raw = n.get_ref();
+        let mut needs = Vec::new();
+        for s in &raw.needs {
+            let id = s.get_ref();
+            if ids.contains_key(id) {
+                needs.push(id.clone());
+                continue;
+            }
+            let mut d = Diagnostic::new(format!(
+                "`[[plan.next]]` entry `{}` needs unknown step `{id}`",
+                raw.title.get_ref()
+            ))
+            .at(file, s.span());
+            if let Some(s) = crate::diag::did_you_mean(id, ids.keys().map(String::as_str)) {
+                d = d.help(format!("did you mean `{s}`?"));
+            }
+            self.diags.push(d);
+        }
         let title = self.interp(&raw.title, file);
         let command = raw.command.as_ref().map(|c| self.interp(c, file));
         let url = raw.url.as_ref().map(|u| self.url(u, file));
@@ -254,10 +276,12 @@ impl Analyzer<'_> {
         if matches!(command, Some(None)) || matches!(url, Some(None)) {
             return None;
         }
+        (needs.len() == raw.needs.len()).then_some(())?;
         Some(NextStep {
             title: title?,
             command: command.flatten(),
             url: url.flatten(),
+            needs,
         })
     }
 }

@@ -149,6 +149,26 @@ fn bad_durations_are_named() {
 }
 
 #[test]
+fn a_next_entry_needs_steps_that_exist() {
+    let steps = "[[step]]\nid = \"web\"\n[step.exec]\ncommand = [\"true\"]\n";
+    let next = "[[plan.next]]\ntitle = \"web\"\nurl = \"http://127.0.0.1:8080\"\n";
+    let plan = analyze(&format!("{HEAD}{next}needs = [\"web\"]\n{steps}"), &[], &[]).unwrap();
+    assert_eq!(plan.next[0].needs, ["web"]);
+    let err = analyze(
+        &format!("{HEAD}{next}needs = [\"webb\"]\n{steps}"),
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("`[[plan.next]]` entry `web` needs unknown step `webb`"),
+        "{err}"
+    );
+    assert!(err.contains("plan.toml:8:10"), "{err}");
+    assert!(err.contains("did you mean `web`?"), "{err}");
+}
+
+#[test]
 fn all_problems_are_reported_together() {
     let plan = format!(
         "{HEAD}[[step]]\nid = \"a\"\nneeds = [\"nope\"]\ntimeout = \"x\"\n[step.exec]\ncommand = [\"${{missing}}\"]\n"
