@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -58,77 +57,16 @@ impl Env {
         crate::common::kubectl_at(&self.kubeconfig(), &self.path_env, args)
     }
 
-    /// Every object's resourceVersion, by kind, namespace and name, and every helm release's
-    /// revision. Left out: what the cluster rewrites on its own clock whatever anyone does
-    /// (Events, Leases, Nodes' heartbeats, and the ConfigMaps istiod renews as leader-election
-    /// locks, marked with the `control-plane.alpha.kubernetes.io/leader` annotation).
+    /// The cluster's dump (`common::cluster_dump`): with the whole plan on it, well over a
+    /// hundred objects.
     fn dump(&self) -> BTreeMap<String, String> {
-        let kinds: Vec<String> = self
-            .kubectl(&["api-resources", "--verbs=list", "-o", "name"])
-            .lines()
-            .filter(|k| {
-                !matches!(
-                    *k,
-                    "events" | "events.events.k8s.io" | "leases.coordination.k8s.io" | "nodes"
-                )
-            })
-            .map(str::to_string)
-            .collect();
-        let all: Value =
-            serde_json::from_str(&self.kubectl(&["get", &kinds.join(","), "-A", "-o", "json"]))
-                .unwrap();
-        let mut dump = BTreeMap::new();
-        for o in all["items"].as_array().unwrap() {
-            if o["metadata"]["annotations"]["control-plane.alpha.kubernetes.io/leader"].is_string()
-            {
-                continue;
-            }
-            let key = format!(
-                "{} {}/{}",
-                o["kind"].as_str().unwrap_or_default(),
-                o["metadata"]["namespace"].as_str().unwrap_or_default(),
-                o["metadata"]["name"].as_str().unwrap_or_default()
-            );
-            let rv = o["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default();
-            dump.insert(key, rv.to_string());
-        }
-        let helm = Command::new("helm")
-            .env("PATH", &self.path_env)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(["list", "-A", "-a", "-o", "json"])
-            .output()
-            .unwrap();
-        let releases: Value = serde_json::from_slice(&helm.stdout).unwrap();
-        for r in releases.as_array().unwrap() {
-            dump.insert(
-                format!("helm release {}/{}", r["namespace"], r["name"]),
-                r["revision"].to_string(),
-            );
-        }
+        let dump = crate::common::cluster_dump(&self.kubeconfig(), &self.path_env);
         assert!(dump.len() > 100, "the dump covers the cluster: {dump:?}");
         dump
     }
 
-    /// The dump once the cluster has settled after a change (controllers done reacting to
-    /// it): two dumps two seconds apart that agree.
     fn settled_dump(&self) -> BTreeMap<String, String> {
-        let start = Instant::now();
-        let mut last = self.dump();
-        loop {
-            std::thread::sleep(Duration::from_secs(2));
-            let now = self.dump();
-            if now == last {
-                return now;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the cluster does not settle"
-            );
-            last = now;
-        }
+        crate::common::settled_dump(&self.kubeconfig(), &self.path_env, Duration::from_secs(2))
     }
 }
 

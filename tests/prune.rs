@@ -311,55 +311,12 @@ command = ["sleep", "60"]
         self.kubectl(&["get", what, "-n", ns, "-o", "jsonpath={.metadata.uid}"])
     }
 
-    /// Every object's resourceVersion (events, leases and nodes left out: the cluster
-    /// rewrites those on its own clock), and every helm release's revision.
-    fn dump(&self) -> BTreeMap<String, String> {
-        let kinds: Vec<String> = self
-            .kubectl(&["api-resources", "--verbs=list", "-o", "name"])
-            .lines()
-            .filter(|k| {
-                !matches!(
-                    *k,
-                    "events" | "events.events.k8s.io" | "leases.coordination.k8s.io" | "nodes"
-                )
-            })
-            .map(str::to_string)
-            .collect();
-        let all: Value =
-            serde_json::from_str(&self.kubectl(&["get", &kinds.join(","), "-A", "-o", "json"]))
-                .unwrap();
-        let mut dump = BTreeMap::new();
-        for o in all["items"].as_array().unwrap() {
-            let m = &o["metadata"];
-            dump.insert(
-                format!(
-                    "{} {}/{}",
-                    o["kind"].as_str().unwrap_or_default(),
-                    m["namespace"].as_str().unwrap_or_default(),
-                    m["name"].as_str().unwrap_or_default()
-                ),
-                m["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-        }
-        dump
-    }
-
-    /// The dump once two, a second apart, agree (controllers done reacting).
     fn settled_dump(&self) -> BTreeMap<String, String> {
-        let start = Instant::now();
-        let mut last = self.dump();
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = self.dump();
-            if now == last {
-                return now;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "never settles");
-            last = now;
-        }
+        crate::common::settled_dump(
+            &self.kubeconfig(),
+            &self.tb.path_env(),
+            Duration::from_secs(1),
+        )
     }
 
     fn set_id(&self) -> String {

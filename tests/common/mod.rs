@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -454,6 +454,76 @@ pub fn kubectl_stdout(args: &[&str], out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every object's resourceVersion, by kind, namespace and name, and every helm release's
+/// revision: what a command that must write nothing leaves unchanged. Left out: what the
+/// cluster rewrites on its own clock whatever anyone does (Events, Leases, Nodes' heartbeats,
+/// and the ConfigMaps istiod renews as leader-election locks, marked with the
+/// `control-plane.alpha.kubernetes.io/leader` annotation).
+pub fn cluster_dump(kubeconfig: &Path, path_env: &str) -> BTreeMap<String, String> {
+    let kubectl = |args: &[&str]| kubectl_at(kubeconfig, path_env, args);
+    let kinds: Vec<String> = kubectl(&["api-resources", "--verbs=list", "-o", "name"])
+        .lines()
+        .filter(|k| {
+            !matches!(
+                *k,
+                "events" | "events.events.k8s.io" | "leases.coordination.k8s.io" | "nodes"
+            )
+        })
+        .map(str::to_string)
+        .collect();
+    let all: serde_json::Value =
+        serde_json::from_str(&kubectl(&["get", &kinds.join(","), "-A", "-o", "json"])).unwrap();
+    let mut dump = BTreeMap::new();
+    for o in all["items"].as_array().unwrap() {
+        let m = &o["metadata"];
+        if m["annotations"]["control-plane.alpha.kubernetes.io/leader"].is_string() {
+            continue;
+        }
+        let key = format!(
+            "{} {}/{}",
+            o["kind"].as_str().unwrap_or_default(),
+            m["namespace"].as_str().unwrap_or_default(),
+            m["name"].as_str().unwrap_or_default()
+        );
+        let rv = m["resourceVersion"].as_str().unwrap_or_default();
+        dump.insert(key, rv.to_string());
+    }
+    let helm = Command::new("helm")
+        .env("PATH", path_env)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["list", "-A", "-a", "-o", "json"])
+        .output()
+        .unwrap();
+    let releases: serde_json::Value = serde_json::from_slice(&helm.stdout).unwrap();
+    for r in releases.as_array().unwrap() {
+        dump.insert(
+            format!("helm release {}/{}", r["namespace"], r["name"]),
+            r["revision"].to_string(),
+        );
+    }
+    dump
+}
+
+/// `cluster_dump` once the cluster has settled after a change (controllers done reacting to
+/// it): two dumps `gap` apart that agree, within a minute.
+pub fn settled_dump(kubeconfig: &Path, path_env: &str, gap: Duration) -> BTreeMap<String, String> {
+    let start = Instant::now();
+    let mut last = cluster_dump(kubeconfig, path_env);
+    loop {
+        std::thread::sleep(gap);
+        let now = cluster_dump(kubeconfig, path_env);
+        if now == last {
+            return now;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the cluster does not settle"
+        );
+        last = now;
+    }
 }
 
 /// (step, outcome) of every step in a `--output json` summary; `None` when it lists no steps
