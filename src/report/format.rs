@@ -139,8 +139,8 @@ fn write_table(report: &RunReport, color: bool, width: usize, out: &mut String) 
     Ok(())
 }
 
-/// "12 steps: 3 changed, 8 unchanged, 0 failed, 1 skipped in 41.2s", with "(cancelled)" after
-/// a cancelled run.
+/// "12 steps: 3 changed, 8 unchanged, 0 failed, 1 skipped in 41.2s" ("12 steps and the prune
+/// phase: ..." when the prune has a row), with "(cancelled)" after a cancelled run.
 pub fn summary_line(report: &RunReport, color: bool) -> String {
     let failed = report.count("failed");
     let failed_text = format!("{failed} failed");
@@ -149,10 +149,31 @@ pub fn summary_line(report: &RunReport, color: bool) -> String {
     } else {
         Style::new()
     };
+    // Phases that have a row (the prune, or the phase a run failed in) are named apart from
+    // the plan's steps, so the count is the plan's.
+    let steps = report
+        .steps
+        .iter()
+        .filter(|s| matches!(s.unit, crate::run::Unit::Step))
+        .count();
+    let phases: Vec<&str> = report
+        .steps
+        .iter()
+        .filter(|s| matches!(s.unit, crate::run::Unit::Phase))
+        .map(|s| s.id.as_str())
+        .collect();
+    let mut rows = match (steps, phases.len()) {
+        (_, 0) => String::new(),
+        (0, _) => "the ".to_string(),
+        _ => format!("{steps} step{} and the ", if steps == 1 { "" } else { "s" }),
+    };
+    match phases.as_slice() {
+        [] => rows = format!("{steps} step{}", if steps == 1 { "" } else { "s" }),
+        [one] => rows.push_str(&format!("{one} phase")),
+        many => rows.push_str(&format!("{} phases", many.join(", "))),
+    }
     let mut line = format!(
-        "{} step{}: {} changed, {} unchanged, {}, {} skipped in {}",
-        report.steps.len(),
-        if report.steps.len() == 1 { "" } else { "s" },
+        "{rows}: {} changed, {} unchanged, {}, {} skipped in {}",
         report.count("changed"),
         report.count("unchanged"),
         paint(&failed_text, failed_style, color),
@@ -489,6 +510,27 @@ mod tests {
             ],
         };
         insta::assert_snapshot!(next_block(&next, false));
+    }
+
+    #[test]
+    fn the_summary_counts_the_plans_steps_and_names_phases_apart() {
+        let mut report = sample_report();
+        let steps = report.steps.len();
+        let plain = summary_line(&report, false);
+        assert!(plain.starts_with(&format!("{steps} steps: ")), "{plain}");
+        let mut prune = report.steps[0].clone();
+        prune.unit = crate::run::Unit::Phase;
+        prune.id = "prune".into();
+        report.steps.push(prune.clone());
+        let with_prune = summary_line(&report, false);
+        assert!(
+            with_prune.starts_with(&format!("{steps} steps and the prune phase: ")),
+            "{with_prune}"
+        );
+        prune.id = "cluster".into();
+        report.steps = vec![prune];
+        let failed = summary_line(&report, false);
+        assert!(failed.starts_with("the cluster phase: "), "{failed}");
     }
 
     #[test]
