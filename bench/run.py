@@ -94,6 +94,7 @@ TARGETS = {
     "cold_speedup": 3.0,
     "sim_noop_seconds": 0.060,  # issue 23 (was 1 s)
     "sim_noop_requests": 25,    # issue 23: own API requests of the full sim plan's no-op
+    "prune_ms": 10.0,           # issue 22: what the ApplySet's phases add to a no-op
     "rss_mb": 50.0,
     "diff_speedup": 10.0,
 }
@@ -368,7 +369,8 @@ def read_engine_run(r: dict) -> dict:
     """From bookinfo-up's --output json (stdout) and --log-format json (stderr): step outcomes,
     when each step finished, and the kube-client requests it sent."""
     info = {"steps": {}, "requests": 0, "requests_by_verb": {}, "step_started": {},
-            "step_finished": {}, "first_step_started": None, "non_resource": 0}
+            "step_finished": {}, "first_step_started": None, "non_resource": 0,
+            "applyset": {}, "inventory_started": None}
     try:
         summary = json.loads(Path(r["stdout"]).read_text())
         for s in summary["steps"]:
@@ -392,14 +394,47 @@ def read_engine_run(r: dict) -> dict:
             info["requests_by_verb"][verb] = info["requests_by_verb"].get(verb, 0) + 1
             if non_resource(url):
                 info["non_resource"] += 1
+            kind = applyset_request(verb, url)
+            if kind:
+                info["applyset"][kind] = info["applyset"].get(kind, 0) + 1
+        elif f.get("phase") == "inventory" and info["inventory_started"] is None:
+            info["inventory_started"] = parse_ts(o["timestamp"])
         elif f.get("message") == "started" and "step" in f:
             t = parse_ts(o["timestamp"])
             info["step_started"].setdefault(f["step"], t)
             if info["first_step_started"] is None or t < info["first_step_started"]:
                 info["first_step_started"] = t
         elif "outcome" in f and "step" in f:
-            info["step_finished"][f["step"]] = parse_ts(o["timestamp"])
+            t = parse_ts(o["timestamp"])
+            info["step_finished"][f["step"]] = t
+            if f.get("outcome") != "skipped" and f["step"] != "prune":
+                info["last_step_finished"] = max(info.get("last_step_finished") or t, t)
+            if info["first_step_started"] is None or t < info["first_step_started"]:
+                # A step skipped by --only never logs `started`.
+                info["first_step_started"] = t
+    # The inventory phase: from its message to the first step; the prune phase: from the last
+    # step's end to the prune row's.
+    if info["inventory_started"] and info["first_step_started"]:
+        info["inventory_seconds"] = info["first_step_started"] - info["inventory_started"]
+    if "prune" in info["step_finished"] and info.get("last_step_finished"):
+        info["prune_seconds"] = info["step_finished"]["prune"] - info["last_step_finished"]
     return info
+
+
+def applyset_request(verb: str, url: str) -> str | None:
+    """Which of the ApplySet's requests this is (src/kube/applyset.rs, src/steps/prune.rs):
+    the parent read or written, a member LIST (by the part-of label), the LIST of the helm
+    releases the plan installed, a prune's delete."""
+    path, _, query = url.partition("?")
+    if re.search(r"/namespaces/kube-system/secrets/bookinfo-up\.[^/]+$", path):
+        return f"parent {verb}"
+    if verb == "GET" and "applyset.kubernetes.io%2Fpart-of" in query:
+        return "member LIST"
+    if verb == "GET" and "owner%3Dhelm" in query and "bookinfo-up.io%2Fplan" in query:
+        return "release LIST"
+    if verb == "DELETE":
+        return "DELETE"
+    return None
 
 
 def read_kubectl_run(r: dict) -> dict:
@@ -679,6 +714,37 @@ class Bench:
                 f"(all clients), {r['helm_processes']} helm processes"
                 + (f", CHANGED {changed}" if changed else ""))
 
+    def prune_cost(self):
+        """What the ApplySet and the prune add to the sim plan's no-op: runs of the plan
+        alternating with runs of the same plan with `[prune] enabled = false` (no set read,
+        written or pruned), on the same converged cluster. Also, from the runs with the set,
+        its own requests (the client's trace) and the two phases' times (the JSON log)."""
+        log("prune cost: the sim plan's no-op with its ApplySet and without")
+        text = PLAN_SIM.read_text()
+        shared = PLAN_SIM.parent / "shared/bookinfo-flow.toml"
+        if '"shared/bookinfo-flow.toml"' not in text:
+            raise RuntimeError("plans/sim.toml no longer includes shared/bookinfo-flow.toml")
+        off = self.work / "sim-no-prune.toml"
+        off.write_text(text.replace('"shared/bookinfo-flow.toml"', json.dumps(str(shared)))
+                       + "\n[prune]\nenabled = false\n")
+        for i in range(self.args.pairs):
+            for side, plan in (("A", PLAN_SIM), ("B", off)):
+                label = f"prune-{'on' if side == 'A' else 'off'}-{i + 1}"
+                before = self.api.requests_total()
+                r = self.run_a(label, plan=plan, existing=False)
+                r["apiserver"] = metrics_delta(before, self.api.requests_total())
+                r.update(side=side, scenario="prune-cost", label=label,
+                         not_noop=[k for k, v in r["steps"].items() if v["outcome"] != "unchanged"])
+                self.results["runs"].append(r)
+                log(f"  {label}: {r['seconds'] * 1000:.0f} ms, {r['requests']} own requests "
+                    f"({r['applyset']}), inventory {ms(r.get('inventory_seconds'))}, prune "
+                    f"{ms(r.get('prune_seconds'))}")
+        parent = self.api.get("/api/v1/namespaces/kube-system/secrets/bookinfo-up.bookinfo-sim")
+        notes = (parent or {}).get("metadata", {}).get("annotations", {})
+        kinds = [k for k in notes.get("applyset.kubernetes.io/contains-group-kinds", "").split(",") if k]
+        spaces = [n for n in notes.get("applyset.kubernetes.io/additional-namespaces", "").split(",") if n]
+        self.results["applyset_parent"] = {"group_kinds": kinds, "namespaces": spaces}
+
     def prepare_ab(self):
         log("A/B: rendering side B's manifests; warm-up runs (untimed)")
         self.render()
@@ -708,13 +774,22 @@ class Bench:
                 pair[side] = self.timed(side, scenario, f"{scenario}-{i}-{side}", watch=True)
             self.pair_line(scenario, i, pair["A"], pair["B"])
 
+    def own_state(self, side, label):
+        """The state a side's no-op or drift starts from, untimed: what the side itself made,
+        not what the other side left (bookinfo-up never takes over objects it did not create,
+        so over kubectl's objects it would read and dry-run each, as on a cluster it does not
+        manage). The objects deleted, the side run twice: once to create them, once more
+        after they rolled out, which for bookinfo-up records their settled state."""
+        self.clean()
+        for n in (1, 2):
+            (self.run_a if side == "A" else self.run_b)(f"{label}-{side}-prep{n}")
+
     def noop(self):
         log(f"no-op: {self.args.pairs} pairs")
         for i in range(1, self.args.pairs + 1):
             pair = {}
             for side in ("A", "B"):
-                # The side under test converges the cluster first (untimed).
-                (self.run_a if side == "A" else self.run_b)(f"noop-{i}-{side}-prep")
+                self.own_state(side, f"noop-{i}")
                 r = self.timed(side, "noop", f"noop-{i}-{side}")
                 if side == "A":
                     r["not_noop"] = [s for s, v in r["steps"].items() if v["outcome"] != "unchanged"]
@@ -726,7 +801,7 @@ class Bench:
         for i in range(1, self.args.pairs + 1):
             pair = {}
             for side in ("A", "B"):
-                (self.run_a if side == "A" else self.run_b)(f"drift-{i}-{side}-prep")
+                self.own_state(side, f"drift-{i}")
                 image = self.drift()
                 pair[side] = self.timed(side, "drift", f"drift-{i}-{side}", watch=True)
                 self.check_restored(image, f"drift-{i}-{side}")
@@ -981,6 +1056,26 @@ def summarize(results: dict) -> dict:
                       for sid in sim[0]["steps"]},
             "not_noop": sorted({x for r in sim for x in r.get("not_noop", [])}),
         }
+    on = [r for r in runs if r["scenario"] == "prune-cost" and r["side"] == "A"]
+    off = [r for r in runs if r["scenario"] == "prune-cost" and r["side"] == "B"]
+    if on and off:
+        parent = results.get("applyset_parent", {"group_kinds": [], "namespaces": []})
+        kinds = {k for r in on for k in r["applyset"]}
+        s["prune"] = {
+            "on": median([r["seconds"] for r in on]),
+            "off": median([r["seconds"] for r in off]),
+            "added": median([x["seconds"] - y["seconds"] for x, y in zip(on, off)]),
+            "requests_on": median([r["requests"] for r in on]),
+            "requests_off": median([r["requests"] for r in off]),
+            "apiserver_on": median([r["apiserver"]["total"] for r in on]),
+            "apiserver_off": median([r["apiserver"]["total"] for r in off]),
+            "applyset": {k: max(r["applyset"].get(k, 0) for r in on) for k in sorted(kinds)},
+            "inventory": median([r.get("inventory_seconds") for r in on]),
+            "prune": median([r.get("prune_seconds") for r in on]),
+            "group_kinds": len(parent["group_kinds"]),
+            "namespaces": len(parent["namespaces"]),
+            "not_noop": sorted({x for r in on + off for x in r.get("not_noop", [])}),
+        }
     diff = [r for r in runs if r["scenario"] == "diff"]
     if diff:
         a = [r for r in diff if r["side"] == "A"]
@@ -1028,6 +1123,17 @@ def verdicts(s: dict) -> list[tuple[str, str, bool]]:
         if helm is not None:
             out.append(("full sim plan no-op runs no helm process", f"{helm} helm processes",
                         helm == 0))
+    if "prune" in s:
+        x = s["prune"]
+        lists = x["applyset"].get("member LIST", 0)
+        out.append(("prune on a no-op: ≤ 1 member LIST per group-kind and namespace of the set",
+                    f"{lists} LISTs for {x['group_kinds']} group-kinds in "
+                    f"{x['namespaces']} namespaces", lists <= x["group_kinds"] * max(1, x["namespaces"])))
+        phases = (x["inventory"] or 0) + (x["prune"] or 0)
+        out.append((f"prune on a no-op: ≤ {t['prune_ms']:.0f} ms (the inventory and prune phases)",
+                    f"{phases * 1000:.1f} ms (inventory {ms(x['inventory'])}, prune "
+                    f"{ms(x['prune'])}); the whole run {x['added'] * 1000:+.0f} ms against the set "
+                    "turned off", phases * 1000 <= t["prune_ms"]))
     if "diff" in s:
         out.append((f"diff of the full sim plan ≥ {t['diff_speedup']:.0f}× faster than "
                     "`kubectl diff --server-side`", f"{s['diff']['speedup_median']:.1f}×",
@@ -1161,6 +1267,36 @@ def markdown(results: dict, s: dict) -> str:
             L.append(f"- **Not a no-op**: changed {x['not_noop']}.")
         L.append("")
 
+    if "prune" in s:
+        x = s["prune"]
+        L.append("## What the ApplySet and the prune add to a no-op\n")
+        L.append(f"The sim plan's no-op, {len([r for r in results['runs'] if r['scenario'] == 'prune-cost']) // 2} "
+                 "times with its ApplySet (as shipped) alternating with the same plan and "
+                 "`[prune] enabled = false` (no set read, written or pruned), on the same "
+                 "converged cluster.\n")
+        L.append("| | with the set | without | difference |")
+        L.append("|---|---|---|---|")
+        L.append(f"| run, median | {sec(x['on'], 3)} | {sec(x['off'], 3)} | {x['added'] * 1000:+.0f} ms "
+                 "(median of the pairs) |")
+        L.append(f"| own API requests | {x['requests_on']:.0f} | {x['requests_off']:.0f} | "
+                 f"{x['requests_on'] - x['requests_off']:+.0f} |")
+        L.append(f"| apiserver requests (all clients) | {x['apiserver_on']:.0f} | "
+                 f"{x['apiserver_off']:.0f} | {x['apiserver_on'] - x['apiserver_off']:+.0f} |")
+        L.append("")
+        got = ", ".join(f"{n} {k}" for k, n in x["applyset"].items()) or "none"
+        L.append(f"- The set's own requests in a run with it (client trace): {got}. The parent "
+                 f"lists {x['group_kinds']} group-kinds and {x['namespaces']} namespaces; a member "
+                 "LIST covers a group-kind across namespaces.")
+        L.append(f"- Its phases (JSON log): inventory (the parent read, the members and the "
+                 f"releases listed) {ms(x['inventory'])}, prune (nothing to delete, the parent "
+                 f"already as narrow as its members) {ms(x['prune'])}.")
+        L.append("- Why the set can cost less than nothing: the member LISTs give each object's uid "
+                 "and resourceVersion, from which the ledger vouches for it; without the set the "
+                 "ledger needs reads of its own.")
+        if x["not_noop"]:
+            L.append(f"- **Not a no-op**: changed {x['not_noop']}.")
+        L.append("")
+
     if "diff" in s:
         x = s["diff"]
         L.append("## diff, read-only, on the converged sim plan\n")
@@ -1256,6 +1392,7 @@ def main():
     failed = True
     try:
         bench.sim()
+        bench.prune_cost()
         if "diff" in scenarios:
             bench.diff_runs()
         bench.prepare_ab()

@@ -41,8 +41,9 @@ pub const ADDITIONAL_NAMESPACES: &str = "applyset.kubernetes.io/additional-names
 /// Where every plan's parent lives.
 pub const PARENT_NAMESPACE: &str = "kube-system";
 
-/// How many LISTs run at once.
-const CONCURRENCY: usize = 8;
+/// How many LISTs run at once: one per group-kind of a plan the size of the seed's (they
+/// share one HTTP/2 connection; the API server serves hundreds at once).
+const CONCURRENCY: usize = 16;
 
 /// The parent Secret's name for `plan`.
 pub fn parent_name(plan: &str) -> String {

@@ -153,6 +153,14 @@ async fn inventory(
     session: &Session,
 ) -> Result<Option<(Desired, Inventory)>, Box<crate::run::StepReport>> {
     let mut desired = Desired::of(plan, &|id| inv.select.includes(id));
+    // Discovery of every group-version the chosen steps use, in two requests: the steps
+    // need it, with a set or without, and the set's scope is settled from it.
+    let gvks: Vec<kube::core::GroupVersionKind> = desired
+        .versions
+        .iter()
+        .map(|(gk, v)| kube::core::GroupVersionKind::gvk(&gk.group, v, &gk.kind))
+        .collect();
+    kube.prefetch_discovery_aggregated(&gvks).await;
     // No set to keep: a plan that asks for no object, or one that turned pruning off (on a
     // cluster where it may not write kube-system's Secrets, say).
     if (desired.is_empty() && !plan.prune.empty) || !plan.prune.enabled {
@@ -166,12 +174,6 @@ async fn inventory(
             crate::kube::applyset::parent_name(&plan.name)
         ),
     );
-    let gvks: Vec<kube::core::GroupVersionKind> = desired
-        .versions
-        .iter()
-        .map(|(gk, v)| kube::core::GroupVersionKind::gvk(&gk.group, v, &gk.kind))
-        .collect();
-    kube.prefetch_discovery_aggregated(&gvks).await;
     desired.settle_scopes(kube).await;
     let inventory = prune::begin(kube, &plan.name, &desired)
         .await

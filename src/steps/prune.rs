@@ -293,9 +293,20 @@ pub struct Inventory {
 }
 
 /// Before the first apply: the parent widened to cover the plan (written only when it does
-/// not already), then the members listed.
+/// not already), and the members listed.
+///
+/// The members are listed in the plan's own scope while the parent is read: in a run whose
+/// plan lost nothing, which is most runs, the parent records just that scope and the
+/// inventory takes one round trip. Where the parent records more (kinds or namespaces that
+/// left the plan), the members are listed again in the whole of it, after the parent is
+/// widened.
 pub async fn begin(kube: &Kube, plan: &str, desired: &Desired) -> StepResult<Inventory> {
-    let parent = kube.applyset_parent(plan).await?;
+    let id = applyset::set_id(plan);
+    let (parent, listed, releases) = tokio::try_join!(
+        kube.applyset_parent(plan),
+        kube.applyset_members(&id, &desired.scope, &desired.versions),
+        plan_releases(kube, plan)
+    )?;
     let scope = match &parent {
         Some(p) => p.scope.union(&desired.scope),
         None => desired.scope.clone(),
@@ -303,11 +314,12 @@ pub async fn begin(kube: &Kube, plan: &str, desired: &Desired) -> StepResult<Inv
     if parent.is_none_or(|p| !p.scope.covers(&scope)) {
         kube.write_applyset_parent(plan, &scope).await?;
     }
-    let id = applyset::set_id(plan);
-    let (before, releases) = tokio::try_join!(
-        kube.applyset_members(&id, &scope, &desired.versions),
-        plan_releases(kube, plan)
-    )?;
+    let before = if desired.scope.covers(&scope) {
+        listed
+    } else {
+        kube.applyset_members(&id, &scope, &desired.versions)
+            .await?
+    };
     Ok(Inventory {
         scope,
         before,
@@ -631,10 +643,18 @@ async fn delete_one(kube: &Kube, m: &Member, id: &str) -> StepResult<Option<Stri
 /// objects being deleted, events, and what the cluster puts in every namespace do not count.
 pub async fn foreign_objects(kube: &Kube, ns: &str, plan: &str) -> StepResult<Vec<String>> {
     let id = applyset::set_id(plan);
-    let discovery = kube::discovery::Discovery::new(kube.client.clone())
-        .run()
+    // Two requests (/api and /apis, aggregated) rather than one per group-version; a server
+    // without aggregated discovery (before Kubernetes 1.26) is asked group by group.
+    let discovery = match kube::discovery::Discovery::new(kube.client.clone())
+        .run_aggregated()
         .await
-        .map_err(|e| api_error("cannot discover the API's kinds", e))?;
+    {
+        Ok(d) => d,
+        Err(_) => kube::discovery::Discovery::new(kube.client.clone())
+            .run()
+            .await
+            .map_err(|e| api_error("cannot discover the API's kinds", e))?,
+    };
     let mut foreign = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
