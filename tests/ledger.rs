@@ -2,9 +2,12 @@
 //! per object, since the ApplySet's LIST per group-kind gives each member's uid and
 //! resourceVersion and the ledger vouches for those it saw converged. Whatever the ledger
 //! cannot vouch for goes through the dry run: an object written since (even where only its
-//! resourceVersion changed and the plan's fields are the same), a ledger that is stale, a
-//! ledger that is corrupt. No drift is ever missed. The same holds for a cluster reached as an
-//! existing one (`--kubeconfig`), whose ledger the state folder keeps by the API server's URL.
+//! resourceVersion changed and the plan's fields are the same, on a kind without a
+//! generation), a label the plan sets changed on a Deployment (whose generation stays), a
+//! ledger that is stale, a ledger that is corrupt. A Deployment that only rolled out since
+//! (status written, same generation) is trusted. No drift is ever missed. The same holds for
+//! a cluster reached as an existing one (`--kubeconfig`), whose ledger the state folder keeps
+//! by the API server's URL.
 
 use std::path::PathBuf;
 
@@ -59,8 +62,8 @@ fn the_ledger_spares_requests_and_never_hides_a_drift() {
     let _down = Down(&env);
     env.write(PLAN);
     up(&env);
-    // The second run records what the first created once it settled; the third trusts it.
-    up(&env);
+    // The first run recorded the objects as it created them; since then the Deployment rolled
+    // out (its status written, its generation the same): the second run trusts them all.
     let quiet = up(&env);
     assert!(quiet.changed().is_empty(), "{:?}", quiet.changed());
     assert_eq!(
@@ -89,6 +92,36 @@ fn the_ledger_spares_requests_and_never_hides_a_drift() {
         dry_runs(&up(&env)),
         Vec::<String>::new(),
         "then vouched again"
+    );
+
+    // A label the plan sets, changed on the Deployment (its generation stays the same): the
+    // generation alone does not vouch for it; compared and repaired.
+    env.kubectl(&[
+        "label",
+        "--overwrite",
+        "-n",
+        "shop",
+        "deployment/web",
+        "app=tampered",
+    ]);
+    let relabelled = up(&env);
+    assert_eq!(
+        relabelled.outcome("app"),
+        "changed",
+        "{}",
+        relabelled.stdout
+    );
+    assert_eq!(dry_runs(&relabelled), ["deployments/web"]);
+    assert_eq!(
+        env.kubectl(&[
+            "get",
+            "-n",
+            "shop",
+            "deployment/web",
+            "-o",
+            "jsonpath={.metadata.labels.app}"
+        ]),
+        "web"
     );
 
     // A drift of a field the plan sets is repaired.
