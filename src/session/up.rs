@@ -334,8 +334,8 @@ async fn run_steps(
 /// Where a cluster's ledger of applied objects (`kube::ledger`) is kept: the state folder of
 /// a cluster the engine made; for an existing cluster, a folder of the state folder's
 /// `existing/` named after the API server's URL, one ledger per plan. The ledger only ever
-/// spares a request for an object whose live uid and resourceVersion it recorded, so a
-/// ledger read against another cluster behind the same URL vouches for nothing.
+/// spares a request for an object whose live uid it recorded, so a ledger read against
+/// another cluster behind the same URL vouches for nothing.
 pub fn ledger_path(plan: &Plan, o: &crate::provider::Overrides, server: &str) -> PathBuf {
     if provider::managed(plan) {
         return provider::cluster_dir(plan, o).join("applied.json");
