@@ -455,7 +455,11 @@ impl Kube {
         }
         Ok(metas
             .into_iter()
-            .map(|o| {
+            .map(|mut o| {
+                // Kept for the run: what the ledger, the namespace step and the prune read
+                // (uid, resourceVersion, generation, labels, annotations). managedFields,
+                // often most of an object's metadata, is not among them.
+                o.metadata.managed_fields = None;
                 let key = ObjectKey {
                     gk: gk.clone(),
                     namespace: match caps.scope {
