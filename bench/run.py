@@ -112,38 +112,46 @@ def median(xs):
 # --- the API server, from Python's standard library ------------------------------------------
 
 
+def credentials(kubeconfig: Path, work: Path, prefix: str = "") -> dict:
+    """Server, CA, client certificate and key (as files in `work`, named with `prefix`) or
+    token, from a kubeconfig's current context."""
+    raw = subprocess.run(
+        ["kubectl", "config", "view", "--raw", "-o", "json", "--kubeconfig", str(kubeconfig)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    cfg = json.loads(raw)
+    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+    user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
+
+    def file_of(obj, key, name):
+        if key in obj:
+            return obj[key]
+        data = obj.get(key + "-data")
+        if data is None:
+            return None
+        p = work / f"{prefix}{name}"
+        p.write_bytes(base64.b64decode(data))
+        return str(p)
+    return {"server": cluster["server"],
+            "ca": file_of(cluster, "certificate-authority", "ca.crt"),
+            "cert": file_of(user, "client-certificate", "client.crt"),
+            "key": file_of(user, "client-key", "client.key"),
+            "token": user.get("token")}
+
+
 class Api:
     """Just enough of a Kubernetes client for the harness (GET, PATCH, watch, /metrics), with
     the kubeconfig's client certificate or token."""
 
     def __init__(self, kubeconfig: Path, work: Path):
-        raw = subprocess.run(
-            ["kubectl", "config", "view", "--raw", "-o", "json", "--kubeconfig", str(kubeconfig)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        cfg = json.loads(raw)
-        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
-        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
-
-        def file_of(obj, key, name):
-            if key in obj:
-                return obj[key]
-            data = obj.get(key + "-data")
-            if data is None:
-                return None
-            p = work / name
-            p.write_bytes(base64.b64decode(data))
-            return str(p)
-
-        server = urlparse(cluster["server"])
+        c = credentials(kubeconfig, work)
+        server = urlparse(c["server"])
         self.host, self.port = server.hostname, server.port or 443
-        self.ssl = ssl.create_default_context(cafile=file_of(cluster, "certificate-authority", "ca.crt"))
-        cert = file_of(user, "client-certificate", "client.crt")
-        key = file_of(user, "client-key", "client.key")
-        if cert:
-            self.ssl.load_cert_chain(cert, key)
-        self.token = user.get("token")
+        self.ssl = ssl.create_default_context(cafile=c["ca"])
+        if c["cert"]:
+            self.ssl.load_cert_chain(c["cert"], c["key"])
+        self.token = c["token"]
 
     def connection(self, timeout=60.0) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=timeout)

@@ -253,32 +253,6 @@ def drifted(o: dict) -> tuple[dict, callable]:
 # --- the cluster ------------------------------------------------------------------------------
 
 
-def credentials(kubeconfig: Path, work: Path) -> dict:
-    """Server, CA, client certificate and key (as files) or token, from a kubeconfig."""
-    import base64
-    raw = subprocess.run(["kubectl", "config", "view", "--raw", "-o", "json", "--kubeconfig",
-                          str(kubeconfig)], check=True, capture_output=True, text=True).stdout
-    cfg = json.loads(raw)
-    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
-    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
-
-    def file_of(obj, key, name):
-        if key in obj:
-            return obj[key]
-        data = obj.get(key + "-data")
-        if data is None:
-            return None
-        p = work / name
-        p.write_bytes(base64.b64decode(data))
-        return str(p)
-    return {"server": cluster["server"],
-            "ca": file_of(cluster, "certificate-authority", "floor-ca.crt"),
-            "cert": file_of(user, "client-certificate", "floor-client.crt"),
-            "key": file_of(user, "client-key", "floor-client.key"),
-            "token": user.get("token")}
-
-
 def machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all CPUs, /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -364,7 +338,7 @@ class Scale:
         path.write_text(json.dumps(node))
         self.kubectl("apply", "-f", str(path))
         self.api = seed.Api(self.kubeconfig, self.work)
-        self.creds = credentials(self.kubeconfig, self.work)
+        self.creds = seed.credentials(self.kubeconfig, self.work, "floor-")
         self.pids = self.component_pids()
         self.results["apiserver_flags"] = self.apiserver_flags()
         log(f"  ready in {self.results['cluster_seconds']:.1f} s; components "

@@ -462,29 +462,26 @@ mod tests {
         }
     }
 
-    /// A panic in a step is that step's failure: with other steps running, the step that
-    /// panicked is the one reported failed, with the panic's message; its dependent is
-    /// skipped; the others finish.
-    #[tokio::test]
-    async fn a_panic_is_reported_as_its_own_steps_failure() {
+    /// `steps` (TOML after the `[cluster]` table; `{exec}` stands for a step's `[step.exec]`
+    /// of `true`) as a plan on an existing cluster, loaded and run by the `Boom` steps with
+    /// `jobs` at once.
+    async fn run_boom(vars: &str, steps: &str, jobs: usize) -> (Arc<Plan>, Vec<StepReport>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), "").unwrap();
         let path = dir.path().join("plan.toml");
-        let exec = "[step.exec]\ncommand = [\"true\"]\n";
+        let steps = steps.replace("{exec}", "[step.exec]\ncommand = [\"true\"]\n");
         std::fs::write(
             &path,
             format!(
-                "[plan]\nname = \"panic\"\n[cluster]\nprovider = \"existing\"\n\
-                 [cluster.existing]\nkubeconfig = \"kubeconfig\"\n\
-                 [[step]]\nid = \"first\"\n{exec}[[step]]\nid = \"boom\"\n{exec}\
-                 [[step]]\nid = \"slow\"\n{exec}[[step]]\nid = \"after\"\nneeds = [\"boom\"]\n{exec}"
+                "[plan]\nname = \"boom\"\n{vars}[cluster]\nprovider = \"existing\"\n\
+                 [cluster.existing]\nkubeconfig = \"kubeconfig\"\n{steps}"
             ),
         )
         .unwrap();
         let (_, plan) = crate::plan::load(&path, &|_| None);
         let plan = Arc::new(plan.unwrap_or_else(|_| panic!("the test plan loads")));
         let opts = RunOptions {
-            jobs: 4,
+            jobs,
             fail_fast: false,
             only: BTreeSet::new(),
             skip: BTreeSet::new(),
@@ -496,13 +493,27 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let runner = Runner::new(
             Arc::new(Boom),
-            plan,
+            plan.clone(),
             None,
             opts,
             tx,
             CancellationToken::new(),
         );
-        let reports = runner.run().await;
+        (plan, runner.run().await)
+    }
+
+    /// A panic in a step is that step's failure: with other steps running, the step that
+    /// panicked is the one reported failed, with the panic's message; its dependent is
+    /// skipped; the others finish.
+    #[tokio::test]
+    async fn a_panic_is_reported_as_its_own_steps_failure() {
+        let (_, reports) = run_boom(
+            "",
+            "[[step]]\nid = \"first\"\n{exec}[[step]]\nid = \"boom\"\n{exec}\
+             [[step]]\nid = \"slow\"\n{exec}[[step]]\nid = \"after\"\nneeds = [\"boom\"]\n{exec}",
+            4,
+        )
+        .await;
         let outcomes: Vec<(&str, &str)> = reports
             .iter()
             .map(|r| (r.id.as_str(), r.outcome.label()))
@@ -530,46 +541,16 @@ mod tests {
     /// empty `skip` (the variable's default) runs the step.
     #[tokio::test]
     async fn a_step_the_plan_skips_is_reported_with_its_reason_and_never_run() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("kubeconfig"), "").unwrap();
-        let path = dir.path().join("plan.toml");
-        let exec = "[step.exec]\ncommand = [\"true\"]\n";
-        std::fs::write(
-            &path,
-            format!(
-                "[plan]\nname = \"skips\"\n[vars]\nwhy = \"no addons here\"\nnothing = \"\"\n\
-                 [cluster]\nprovider = \"existing\"\n\
-                 [cluster.existing]\nkubeconfig = \"kubeconfig\"\n\
-                 [[step]]\nid = \"boom\"\nskip = \"${{why}}\"\n{exec}\
-                 [[step]]\nid = \"after\"\nneeds = [\"boom\"]\nskip = \"${{nothing}}\"\n{exec}"
-            ),
+        // `boom` would panic if it ran.
+        let (plan, reports) = run_boom(
+            "[vars]\nwhy = \"no addons here\"\nnothing = \"\"\n",
+            "[[step]]\nid = \"boom\"\nskip = \"${why}\"\n{exec}\
+             [[step]]\nid = \"after\"\nneeds = [\"boom\"]\nskip = \"${nothing}\"\n{exec}",
+            2,
         )
-        .unwrap();
-        let (_, plan) = crate::plan::load(&path, &|_| None);
-        let plan = Arc::new(plan.unwrap_or_else(|_| panic!("the test plan loads")));
+        .await;
         assert_eq!(plan.steps[0].skip.as_deref(), Some("no addons here"));
         assert_eq!(plan.steps[1].skip, None);
-        let opts = RunOptions {
-            jobs: 2,
-            fail_fast: false,
-            only: BTreeSet::new(),
-            skip: BTreeSet::new(),
-            cache_dir: dir.path().join("cache"),
-            artifacts: dir.path().join("artifacts"),
-            cluster_logs: Vec::new(),
-            reverse: false,
-        };
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        // `boom` would panic if it ran.
-        let runner = Runner::new(
-            Arc::new(Boom),
-            plan,
-            None,
-            opts,
-            tx,
-            CancellationToken::new(),
-        );
-        let reports = runner.run().await;
         let outcomes: Vec<(&str, String)> = reports
             .iter()
             .map(|r| {
