@@ -41,9 +41,17 @@ fn write_plan(plan: &Plan, out: &mut String) -> fmt::Result {
             }
         }
     }
-    if !plan.next.is_empty() {
+    // As after the run: no pointer at what a step the plan skips would have made.
+    let skipped = |id: &str| plan.steps.iter().any(|s| s.id == id && s.skip.is_some());
+    let next: Vec<_> = plan
+        .next
+        .iter()
+        .filter(|n| !n.needs.iter().any(|id| skipped(id)))
+        .cloned()
+        .collect();
+    if !next.is_empty() {
         writeln!(out, "\nafter a successful up")?;
-        out.push_str(&super::format::next_items(&plan.next, false));
+        out.push_str(&super::format::next_items(&next, false));
     }
     Ok(())
 }
@@ -325,6 +333,20 @@ mod tests {
     #[test]
     fn renders_waves_and_steps() {
         insta::assert_snapshot!(dry_run(&sample_plan()));
+    }
+
+    #[test]
+    fn what_next_leaves_out_what_a_step_the_plan_skips_would_make() {
+        let mut plan = sample_plan();
+        let addons = plan.steps[0].id.clone();
+        plan.next[1].needs = vec![addons];
+        assert!(dry_run(&plan).contains("Grafana"));
+        plan.steps[0].skip = Some("no images of the addons here".into());
+        let text = dry_run(&plan);
+        assert!(
+            !text.contains("Grafana") && text.contains("Bookinfo"),
+            "{text}"
+        );
     }
 
     #[test]
