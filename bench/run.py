@@ -112,6 +112,21 @@ def median(xs):
 # --- the API server, from Python's standard library ------------------------------------------
 
 
+def kwokctl_ports(config: Path) -> Path:
+    """Writes a kwokctl configuration at `config` giving every component a free port from the
+    kernel, and returns its path."""
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(6)]
+    ports = [sock.getsockname()[1] for sock in listeners]
+    for sock in listeners:
+        sock.close()
+    config.write_text(
+        "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in zip(
+            ("etcdPort", "etcdPeerPort", "kubeApiserverPort", "kubeControllerManagerPort",
+             "kubeSchedulerPort", "kwokControllerPort"), ports)))
+    return config
+
+
 def credentials(kubeconfig: Path, work: Path, prefix: str = "") -> dict:
     """Server, CA, client certificate and key (as files in `work`, named with `prefix`) or
     token, from a kubeconfig's current context."""
@@ -881,16 +896,7 @@ class Bench:
         # kwokctl picks ports counting down from 32767, avoiding only the clusters of its own
         # work folder; ports from the kernel cannot collide with other clusters on the machine
         # (as in src/provider/kwok.rs).
-        listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(6)]
-        ports = [sock.getsockname()[1] for sock in listeners]
-        for sock in listeners:
-            sock.close()
-        config = self.work / "unthrottled-ports.yaml"
-        config.write_text(
-            "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n"
-            + "".join(f"  {k}: {v}\n" for k, v in zip(
-                ("etcdPort", "etcdPeerPort", "kubeApiserverPort", "kubeControllerManagerPort",
-                 "kubeSchedulerPort", "kwokControllerPort"), ports)))
+        config = kwokctl_ports(self.work / "unthrottled-ports.yaml")
         subprocess.run(
             ["kwokctl", "--config", str(config), "create", "cluster", "--name", UNTHROTTLED,
              "--runtime", "binary",

@@ -309,16 +309,7 @@ class Scale:
 
     def create_cluster(self):
         log(f"kwok cluster {CLUSTER}: controller-manager and scheduler at 1,000 requests/s")
-        listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(6)]
-        ports = [s.getsockname()[1] for s in listeners]
-        for s in listeners:
-            s.close()
-        config = self.work / "kwokctl.yaml"
-        config.write_text(
-            "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n"
-            + "".join(f"  {k}: {v}\n" for k, v in zip(
-                ("etcdPort", "etcdPeerPort", "kubeApiserverPort", "kubeControllerManagerPort",
-                 "kubeSchedulerPort", "kwokControllerPort"), ports)))
+        config = seed.kwokctl_ports(self.work / "kwokctl.yaml")
         t0 = time.time()
         subprocess.run(
             ["kwokctl", "--config", str(config), "create", "cluster", "--name", CLUSTER,
